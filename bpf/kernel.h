@@ -1,0 +1,86 @@
+/* The few kernel types acceptwatch reads, declared with preserve_access_index so
+ * that every field access is a CO-RE relocation resolved against the running
+ * kernel's BTF at load time. Only the fields used are listed; their order and
+ * offsets here do not matter. */
+#pragma once
+
+#include <linux/types.h>
+#include <asm/ptrace.h> /* struct pt_regs for kretprobe arguments */
+
+typedef _Bool bool;
+#define true 1
+#define false 0
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+/* enum tcp_state values are ABI (they appear in tracepoint output). */
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_RECV 3
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+};
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_protocol;
+	__u16 sk_type;
+	__u32 sk_ack_backlog;
+	__u32 sk_max_ack_backlog;
+};
+
+struct inet_sock {
+	struct sock sk;
+	__be16 inet_sport;
+};
+
+struct socket {
+	struct sock *sk;
+};
+
+struct file {
+	void *private_data;
+};
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
+};
+
+struct task_struct {
+	struct files_struct *files;
+};
+
+struct trace_entry {
+	unsigned short type;
+};
+
+/* Context of the classic syscalls:sys_exit_* tracepoints. */
+struct trace_event_raw_sys_exit {
+	struct trace_entry ent;
+	long id;
+	long ret;
+};
+
+#pragma clang attribute pop

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/acceptwatch/acceptwatch/tracer"
+)
+
+// options holds every command-line flag.
+type options struct {
+	ports        []string
+	pid          uint32
+	ipv4, ipv6   bool
+	duration     time.Duration
+	interval     time.Duration
+	count        uint64
+	top          int
+	quiet        bool
+	output       string
+	attach       string
+	maxAddresses uint32
+	verbose      bool
+	version      bool
+	help         bool
+	readyFile    string // test hook: written once tracing has started
+
+	portList  []uint16 // parsed from ports
+	portNames []string // normalised, for display
+}
+
+// usageError is a bad command line: exit status 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Sprintf(format, args...)}
+}
+
+const examples = `Examples:
+  sudo acceptwatch -port 80              # live accepts on port 80, summary at Ctrl-C
+  sudo acceptwatch -port 80,443 -q       # summary only
+  sudo acceptwatch -P 8000-8100 --duration 1m --top 10
+  sudo acceptwatch -port 22 --interval 10s  # a summary every 10 s
+  sudo acceptwatch -port 80 -o json | jq .  # one JSON object per line
+  sudo acceptwatch -v --attach tracepoint   # force a mode; -v says why others failed
+`
+
+func newFlagSet(o *options) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("acceptwatch", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.StringSliceVarP(&o.ports, "port", "P", nil, "local `ports` to watch: 80, 80,443, 8000-8100; repeatable (default all)")
+	fs.Uint32VarP(&o.pid, "pid", "p", 0, "only accepts by this process `id` (handshakes are counted for every process)")
+	fs.BoolVarP(&o.ipv4, "ipv4", "4", false, "IPv4 only (IPv4 clients of dual-stack listeners included)")
+	fs.BoolVarP(&o.ipv6, "ipv6", "6", false, "IPv6 only")
+	fs.DurationVarP(&o.duration, "duration", "d", 0, "stop after this long (e.g. 30s, 5m)")
+	fs.DurationVarP(&o.interval, "interval", "i", 0, "print a summary for each window of this length and keep going")
+	fs.Uint64VarP(&o.count, "count", "c", 0, "stop after this many accepts")
+	fs.IntVar(&o.top, "top", 20, "rows in the text summary (0: all)")
+	fs.BoolVarP(&o.quiet, "quiet", "q", false, "no live lines, summary only")
+	fs.StringVarP(&o.output, "output", "o", "text", "output `format`: text or json")
+	fs.StringVar(&o.attach, "attach", tracer.ModeAuto, "accept hook: auto, fexit, kretprobe or tracepoint")
+	fs.Uint32Var(&o.maxAddresses, "max-addresses", tracer.DefaultMaxAddresses, "capacity of the kernel's per-address counters")
+	fs.BoolVarP(&o.verbose, "verbose", "v", false, "say which attach modes were tried and why each failed")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.BoolVarP(&o.help, "help", "h", false, "show this help")
+	fs.StringVar(&o.readyFile, "ready-file", "", "create this file once tracing has started")
+	_ = fs.MarkHidden("ready-file")
+	return fs
+}
+
+func printUsage(w io.Writer, fs *pflag.FlagSet) {
+	fmt.Fprintf(w, "Usage: acceptwatch [flags]\n\nTraces accepted TCP connections: a line per accept, and at the end a summary\nper remote address that stays exact when live lines are dropped.\n\nFlags (long flags also work with one dash, as in -port 80):\n%s\n%s", fs.FlagUsages(), examples)
+}
+
+// parseFlags parses args (without the program name).
+func parseFlags(args []string) (*options, *pflag.FlagSet, error) {
+	o := &options{}
+	fs := newFlagSet(o)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	if err := fs.Parse(singleDashLong(fs, args)); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			o.help = true
+			return o, fs, nil
+		}
+		return nil, fs, usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return nil, fs, usagef("unexpected argument %q (ports go after -port)", fs.Arg(0))
+	}
+	if err := o.validate(); err != nil {
+		return nil, fs, err
+	}
+	return o, fs, nil
+}
+
+// singleDashLong rewrites "-port 80" as "--port 80" for every long flag name,
+// as users of bcc and Go's flag package write them. A single-dash word that
+// is not a long flag name is left to pflag as shorthand flags.
+func singleDashLong(fs *pflag.FlagSet, args []string) []string {
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if len(a) > 2 && a[0] == '-' && a[1] != '-' {
+			name, _, _ := strings.Cut(a[1:], "=")
+			if len(name) > 1 && fs.Lookup(name) != nil {
+				a = "-" + a
+			}
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+func (o *options) validate() error {
+	switch o.output {
+	case "text", "json":
+	default:
+		return usagef("invalid output format %q: use text or json", o.output)
+	}
+	switch o.attach {
+	case tracer.ModeAuto, tracer.ModeFexit, tracer.ModeKretprobe, tracer.ModeTracepoint:
+	default:
+		return usagef("invalid attach mode %q: use auto, fexit, kretprobe or tracepoint", o.attach)
+	}
+	if o.ipv4 && o.ipv6 {
+		return usagef("-4 and -6 exclude each other (give neither for both)")
+	}
+	if o.top < 0 {
+		return usagef("invalid --top %d: must be 0 or more", o.top)
+	}
+	if o.duration < 0 || o.interval < 0 {
+		return usagef("durations must not be negative")
+	}
+	if o.maxAddresses == 0 {
+		return usagef("invalid --max-addresses 0: must be at least 1")
+	}
+	var err error
+	o.portList, o.portNames, err = parsePorts(o.ports)
+	return err
+}
+
+// parsePorts turns "80", "80,443" (already split by pflag) and "8000-8100"
+// into a sorted list without duplicates, plus the normalised spellings.
+func parsePorts(specs []string) ([]uint16, []string, error) {
+	var seen [65536]bool
+	var names []string
+	for _, spec := range specs {
+		spec = strings.TrimSpace(spec)
+		lo, hi, isRange := strings.Cut(spec, "-")
+		first, err := parsePort(lo, spec)
+		if err != nil {
+			return nil, nil, err
+		}
+		last := first
+		if isRange {
+			if last, err = parsePort(hi, spec); err != nil {
+				return nil, nil, err
+			}
+			if last < first {
+				return nil, nil, usagef("invalid port range %q: %d is above %d", spec, first, last)
+			}
+		}
+		for p := first; p <= last; p++ {
+			seen[p] = true
+		}
+		if first == last {
+			names = append(names, strconv.Itoa(first))
+		} else {
+			names = append(names, fmt.Sprintf("%d-%d", first, last))
+		}
+	}
+	var ports []uint16
+	for p, on := range seen {
+		if on {
+			ports = append(ports, uint16(p))
+		}
+	}
+	return ports, names, nil
+}
+
+func parsePort(s, spec string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, usagef("invalid port %q: not a number", spec)
+	}
+	if n < 1 || n > 65535 {
+		return 0, usagef("invalid port %q: %d is out of range 1-65535", spec, n)
+	}
+	return n, nil
+}

@@ -1,0 +1,213 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/acceptwatch/acceptwatch/report"
+	"github.com/acceptwatch/acceptwatch/tracer"
+)
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, fs, err := parseFlags(args)
+	if err != nil {
+		return err
+	}
+	if o.help {
+		printUsage(stdout, fs)
+		return nil
+	}
+	if o.version {
+		fmt.Fprintf(stdout, "acceptwatch %s\n", version())
+		return nil
+	}
+	if err := checkPrivileges(); err != nil {
+		return err
+	}
+
+	cfg := tracer.Config{
+		Attach:       o.attach,
+		Ports:        o.portList,
+		PID:          o.pid,
+		MaxAddresses: o.maxAddresses,
+		// --count needs the events to count them, even with -q.
+		LiveEvents: !o.quiet || o.count > 0,
+	}
+	if o.ipv4 {
+		cfg.Family = 4
+	} else if o.ipv6 {
+		cfg.Family = 6
+	}
+	if o.verbose {
+		cfg.Logf = func(format string, args ...any) {
+			fmt.Fprintf(stderr, "acceptwatch: "+format+"\n", args...)
+		}
+	}
+	t, err := tracer.Open(cfg)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+
+	ports := "all ports"
+	if len(o.portNames) > 0 {
+		ports = "port " + strings.Join(o.portNames, ",")
+	}
+	fmt.Fprintf(stderr, "acceptwatch: tracing accepts on %s with %s (handshakes: sock:inet_sock_set_state); Ctrl-C to end\n", ports, t.Mode())
+	if o.readyFile != "" {
+		if err := os.WriteFile(o.readyFile, []byte(t.Mode()+"\n"), 0o644); err != nil {
+			return fmt.Errorf("writing ready file: %w", err)
+		}
+	}
+
+	out := bufio.NewWriterSize(stdout, 64<<10)
+	var w report.Writer
+	if o.output == "json" {
+		w = report.NewJSON(out)
+	} else {
+		w = report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet})
+	}
+	l := &loop{o: o, t: t, w: w, out: out}
+	err = l.run(ctx)
+	if isClosedPipe(err) {
+		return nil
+	}
+	return err
+}
+
+type loop struct {
+	o   *options
+	t   *tracer.Tracer
+	w   report.Writer
+	out *bufio.Writer
+}
+
+func (l *loop) run(ctx context.Context) error {
+	var deadline, nextWindow time.Time
+	start := time.Now()
+	if l.o.duration > 0 {
+		deadline = start.Add(l.o.duration)
+	}
+	if l.o.interval > 0 {
+		nextWindow = start.Add(l.o.interval)
+	}
+	var ev report.Event
+	var seen uint64
+	for {
+		if ctx.Err() != nil {
+			break
+		}
+		now := time.Now()
+		if !deadline.IsZero() && !now.Before(deadline) {
+			break
+		}
+		if !nextWindow.IsZero() && !now.Before(nextWindow) {
+			if err := l.summary(false); err != nil {
+				return err
+			}
+			nextWindow = nextWindow.Add(l.o.interval)
+		}
+		ok, err := l.t.Read(&ev)
+		if err != nil {
+			return err
+		}
+		if ok {
+			seen++
+			if !l.o.quiet {
+				if err := l.w.Event(ev); err != nil {
+					return err
+				}
+			}
+			if l.o.count > 0 && seen >= l.o.count {
+				break
+			}
+		}
+		if !ok || !l.t.Pending() {
+			if err := l.out.Flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if l.o.interval > 0 {
+		if err := l.summary(false); err != nil {
+			return err
+		}
+	}
+	return l.summary(true)
+}
+
+func (l *loop) summary(final bool) error {
+	var c tracer.Counts
+	var err error
+	if final {
+		c, err = l.t.Total()
+	} else {
+		c, err = l.t.Window()
+	}
+	if err != nil {
+		return err
+	}
+	s := report.Summary{
+		Start:           c.Start,
+		End:             c.End,
+		AttachMode:      l.t.Mode(),
+		Ports:           l.o.portNames,
+		Addresses:       c.Addresses,
+		TotalAccepted:   c.TotalAccepted,
+		TotalHandshakes: c.TotalHandshakes,
+		LostEvents:      c.LostEvents,
+		AddressOverflow: c.AddressOverflow,
+		MaxAddresses:    l.o.maxAddresses,
+		Final:           final,
+	}
+	if err := l.w.Summary(s); err != nil {
+		return err
+	}
+	return l.out.Flush()
+}
+
+// checkPrivileges fails early, with the capabilities named, when the
+// process plainly cannot load BPF programs.
+func checkPrivileges() error {
+	if os.Geteuid() == 0 {
+		return nil
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return nil // let the kernel decide
+	}
+	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	if has(unix.CAP_SYS_ADMIN) || (has(unix.CAP_BPF) && has(unix.CAP_PERFMON)) {
+		return nil
+	}
+	return tracer.ErrPrivileges
+}
+
+func isClosedPipe(err error) bool {
+	return errors.Is(err, syscall.EPIPE)
+}
+
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown)"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v += " " + s.Value[:12]
+		}
+	}
+	return v
+}

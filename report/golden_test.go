@@ -1,0 +1,120 @@
+package report
+
+import (
+	"bytes"
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden from current output")
+
+// Fixed zone so output does not depend on TZ.
+var testLoc = time.FixedZone("TEST", 2*3600)
+
+func at(sec int) time.Time {
+	return time.Date(2026, 11, 21, 20, 1, 2, 0, testLoc).Add(time.Duration(sec) * time.Second)
+}
+
+func checkGolden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./report/ -update to create)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s mismatch\n--- got ---\n%s\n--- want ---\n%s", path, got, want)
+	}
+}
+
+func sampleEvents() []Event {
+	return []Event{
+		{Time: at(1), PID: 1234, Comm: "nginx", LocalAddr: netip.MustParseAddr("10.0.0.1"), LocalPort: 80,
+			RemoteAddr: netip.MustParseAddr("192.168.1.7"), RemotePort: 51234},
+		{Time: at(2).Add(500 * time.Millisecond), PID: 1234, Comm: "nginx", LocalAddr: netip.MustParseAddr("2001:db8::1"), LocalPort: 443,
+			RemoteAddr: netip.MustParseAddr("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"), RemotePort: 40000},
+		// v4-mapped client of a dual-stack listener, hostile comm.
+		{Time: at(3), PID: 4294967295, Comm: "evil\x1b[2J\n\\x\x00pad", LocalAddr: netip.MustParseAddr("::ffff:10.0.0.1"), LocalPort: 8080,
+			RemoteAddr: netip.MustParseAddr("::ffff:203.0.113.9"), RemotePort: 65535},
+		// Long comm (after escaping) pushes later columns.
+		{Time: at(4), PID: 7, Comm: "\x01\x02\x03\x04\x05\x06\x07", LocalAddr: netip.MustParseAddr("fe80::1%eth0"), LocalPort: 22,
+			RemoteAddr: netip.MustParseAddr("fe80::2%eth0"), RemotePort: 1},
+	}
+}
+
+func sampleSummary(final bool) Summary {
+	return Summary{
+		Start:      at(0),
+		End:        at(10),
+		AttachMode: "tracepoint",
+		Ports:      []string{"80", "443", "8000-8100"},
+		Addresses: []AddrStats{
+			{Addr: netip.MustParseAddr("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"), Accepted: 1, Handshakes: 1, First: at(2), Last: at(2)},
+			{Addr: netip.MustParseAddr("192.168.1.7"), Accepted: 12, Handshakes: 12, First: at(1), Last: at(9)},
+			{Addr: netip.MustParseAddr("::ffff:203.0.113.9"), Accepted: 3, Handshakes: 5, First: at(3), Last: at(8)},
+			{Addr: netip.MustParseAddr("198.51.100.1"), Accepted: 0, Handshakes: 2}, // handshakes only, times unknown
+		},
+		TotalAccepted:   17,
+		TotalHandshakes: 21,
+		LostEvents:      4,
+		AddressOverflow: 1,
+		MaxAddresses:    10240,
+		Final:           final,
+	}
+}
+
+func TestGoldenText(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewText(&buf, TextOptions{Location: testLoc})
+	for _, e := range sampleEvents() {
+		if err := w.Event(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Summary(sampleSummary(true)); err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "text", buf.Bytes())
+}
+
+func TestGoldenTextIntervalsQuiet(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewText(&buf, TextOptions{Location: testLoc, Quiet: true, Top: 2})
+	s := sampleSummary(false)
+	if err := w.Summary(s); err != nil {
+		t.Fatal(err)
+	}
+	// Empty window, all ports, no overflow; End on another day.
+	empty := Summary{Start: at(10), End: at(10 + 24*3600), AttachMode: "fexit", MaxAddresses: 10240}
+	if err := w.Summary(empty); err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "text_interval", buf.Bytes())
+}
+
+func TestGoldenJSON(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewJSON(&buf)
+	for _, e := range sampleEvents() {
+		if err := w.Event(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Summary(sampleSummary(false)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Summary(Summary{Start: at(0), End: at(1), AttachMode: "kretprobe", Final: true}); err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "json", buf.Bytes())
+}

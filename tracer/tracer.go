@@ -1,0 +1,322 @@
+// Package tracer loads acceptwatch's BPF programs, chooses how to hook accept()
+// on the running kernel, and reads live events and exact counters back.
+package tracer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/acceptwatch/acceptwatch/report"
+)
+
+// Attach modes, in the order "auto" tries them.
+const (
+	ModeAuto       = "auto"
+	ModeFexit      = "fexit"
+	ModeKretprobe  = "kretprobe"
+	ModeTracepoint = "tracepoint"
+)
+
+// Modes lists the attach modes auto tries, best first.
+var Modes = []string{ModeFexit, ModeKretprobe, ModeTracepoint}
+
+// DefaultMaxAddresses is the default capacity of the per-address counter map.
+const DefaultMaxAddresses = 65536
+
+// pollInterval bounds how long a live event can wait in the ring buffer: the
+// programs wake the reader only when a batch is queued.
+const pollInterval = 100 * time.Millisecond
+
+// Config says what to trace. The zero value traces every port, process and family.
+type Config struct {
+	Attach       string   // ModeAuto or one of Modes; "" means auto
+	Ports        []uint16 // watched local ports; empty: all
+	PID          uint32   // acceptor's process id; 0: all
+	Family       int      // 4 or 6; 0: both
+	MaxAddresses uint32   // capacity of the address map; 0: DefaultMaxAddresses
+	LiveEvents   bool     // send a live event per accept (false: counters only)
+	// Logf receives diagnostics (which modes failed and why); nil drops them.
+	Logf func(format string, args ...any)
+}
+
+// Tracer is a loaded and attached set of programs. Close releases everything.
+type Tracer struct {
+	mode     string
+	coll     *ebpf.Collection
+	links    []link.Link
+	reader   *ringbuf.Reader
+	addrs    *ebpf.Map
+	stats    *ebpf.Map
+	window   *ebpf.Variable
+	windowID uint32
+	bootWall time.Time // wall-clock time of CLOCK_MONOTONIC zero
+	rec      ringbuf.Record
+
+	start, windowStart time.Time
+	prev               map[[16]byte]prevCounts
+	prevStats          [acceptwatchStatSTAT_MAX]uint64
+}
+
+// Open loads the programs for the first attach mode that works and attaches
+// them. If none works, the error names every mode tried and why it failed.
+func Open(cfg Config) (*Tracer, error) {
+	logf := cfg.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		logf("raising RLIMIT_MEMLOCK: %v", err)
+	}
+	if cfg.MaxAddresses == 0 {
+		cfg.MaxAddresses = DefaultMaxAddresses
+	}
+	spec, err := loadAcceptwatch()
+	if err != nil {
+		return nil, fmt.Errorf("loading BPF objects: %w", err)
+	}
+	if err := configure(spec, cfg); err != nil {
+		return nil, err
+	}
+
+	modes := Modes
+	if cfg.Attach != "" && cfg.Attach != ModeAuto {
+		modes = []string{cfg.Attach}
+	}
+	// The loader looks tracefs up once per process and remembers a miss, so
+	// mount it before the first mode that may need it (kprobes fall back to
+	// tracefs; classic tracepoints need it).
+	var tracefsErr error
+	if !slices.Equal(modes, []string{ModeFexit}) {
+		var mounted bool
+		mounted, tracefsErr = ensureTracefs()
+		if mounted {
+			logf("mounted tracefs on /sys/kernel/tracing")
+		}
+	}
+	var reasons []string
+	for _, mode := range modes {
+		t, err := openMode(spec, mode, cfg, tracefsErr)
+		if err == nil {
+			logf("attach mode %s: attached", mode)
+			return t, nil
+		}
+		reason := oneLine(err.Error())
+		logf("attach mode %s: failed: %s", mode, reason)
+		reasons = append(reasons, mode+": "+reason)
+		if errors.Is(err, os.ErrPermission) && os.Geteuid() != 0 {
+			return nil, ErrPrivileges
+		}
+	}
+	return nil, fmt.Errorf("no attach mode works on this kernel (%s)", strings.Join(reasons, "; "))
+}
+
+// ErrPrivileges is returned when the kernel refuses to load programs for a
+// process that is not root.
+var ErrPrivileges = errors.New("tracing needs CAP_BPF and CAP_PERFMON (or root): run with sudo")
+
+func configure(spec *ebpf.CollectionSpec, cfg Config) error {
+	consts := map[string]any{
+		"target_tgid":   cfg.PID,
+		"target_family": uint8(cfg.Family),
+		"filter_ports":  len(cfg.Ports) > 0,
+		"emit_events":   cfg.LiveEvents,
+		// A sixteenth of the ring: a batch big enough to amortise a wakeup,
+		// far from full.
+		"wakeup_bytes": uint64(spec.Maps["aw_events"].MaxEntries / 16),
+	}
+	for name, v := range consts {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return fmt.Errorf("BPF object has no variable %s", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return fmt.Errorf("setting %s: %w", name, err)
+		}
+	}
+	spec.Maps["aw_addrs"].MaxEntries = cfg.MaxAddresses
+	return nil
+}
+
+// openMode loads the accept program of one mode and the handshake program (no
+// other program is loaded), fills the port filter and attaches.
+func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr error) (_ *Tracer, err error) {
+	var accept string
+	switch mode {
+	case ModeFexit:
+		accept, err = fexitProgram()
+	case ModeKretprobe:
+		accept = "aw_kretprobe_acc"
+	case ModeTracepoint:
+		accept = "aw_tp_accept"
+		err = tracefsErr
+	default:
+		return nil, fmt.Errorf("unknown attach mode %q", mode)
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	spec = spec.Copy()
+	for name := range spec.Programs {
+		if name != accept && name != "aw_handshake" {
+			delete(spec.Programs, name)
+		}
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return nil, fmt.Errorf("loading programs: %w", err)
+	}
+	mono, wall := monotonicNow()
+	t := &Tracer{
+		mode:     mode,
+		coll:     coll,
+		addrs:    coll.Maps["aw_addrs"],
+		stats:    coll.Maps["aw_stats"],
+		window:   coll.Variables["window_id"],
+		bootWall: wall.Add(-mono),
+		prev:     map[[16]byte]prevCounts{},
+	}
+	defer func() {
+		if err != nil {
+			t.Close()
+		}
+	}()
+
+	// Fill the filter before attaching, so that no event slips past it.
+	for _, p := range cfg.Ports {
+		if err := coll.Maps["aw_ports"].Put(uint32(p), uint8(1)); err != nil {
+			return nil, fmt.Errorf("setting port filter: %w", err)
+		}
+	}
+	if cfg.LiveEvents {
+		t.reader, err = ringbuf.NewReader(coll.Maps["aw_events"])
+		if err != nil {
+			return nil, fmt.Errorf("opening ring buffer: %w", err)
+		}
+	}
+
+	prog := coll.Programs[accept]
+	switch mode {
+	case ModeFexit:
+		err = t.attach(link.AttachTracing(link.TracingOptions{Program: prog}))
+	case ModeKretprobe:
+		err = t.attach(link.Kretprobe("inet_csk_accept", prog, nil))
+		if errors.Is(err, os.ErrNotExist) {
+			err = fmt.Errorf("kernel has no kprobe support (no kprobe PMU or kprobe_events): %w", err)
+		}
+	case ModeTracepoint:
+		for _, name := range []string{"sys_exit_accept4", "sys_exit_accept"} {
+			if err = t.attach(link.Tracepoint("syscalls", name, prog, nil)); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("attaching: %w", err)
+	}
+	if err := t.attach(link.AttachTracing(link.TracingOptions{Program: coll.Programs["aw_handshake"]})); err != nil {
+		return nil, fmt.Errorf("attaching handshake tracepoint inet_sock_set_state: %w", err)
+	}
+	t.start = time.Now()
+	t.windowStart = t.start
+	return t, nil
+}
+
+func (t *Tracer) attach(l link.Link, err error) error {
+	if err != nil {
+		return err
+	}
+	t.links = append(t.links, l)
+	return nil
+}
+
+// Mode is the attach mode in use.
+func (t *Tracer) Mode() string { return t.mode }
+
+// Close detaches and unloads every program and map. It is safe to call twice.
+func (t *Tracer) Close() error {
+	var errs []error
+	for _, l := range t.links {
+		errs = append(errs, l.Close())
+	}
+	t.links = nil
+	if t.reader != nil {
+		errs = append(errs, t.reader.Close())
+		t.reader = nil
+	}
+	if t.coll != nil {
+		t.coll.Close()
+		t.coll = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Read waits up to pollInterval for the next accept event and decodes it
+// into ev. It returns false when no event came in that time.
+func (t *Tracer) Read(ev *report.Event) (bool, error) {
+	if t.reader == nil {
+		time.Sleep(pollInterval)
+		return false, nil
+	}
+	t.reader.SetDeadline(time.Now().Add(pollInterval))
+	if err := t.reader.ReadInto(&t.rec); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return false, nil
+		}
+		return false, fmt.Errorf("reading ring buffer: %w", err)
+	}
+	if err := decodeEvent(t.rec.RawSample, t.bootWall, ev); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// Pending says whether live events are queued, so a caller can flush its
+// output when the ring runs dry.
+func (t *Tracer) Pending() bool {
+	return t.reader != nil && t.reader.AvailableBytes() > 0
+}
+
+var eventSize = int(unsafe.Sizeof(acceptwatchEvent{}))
+
+func decodeEvent(raw []byte, bootWall time.Time, ev *report.Event) error {
+	if len(raw) < eventSize {
+		return fmt.Errorf("short event: %d bytes, want %d", len(raw), eventSize)
+	}
+	e := (*acceptwatchEvent)(unsafe.Pointer(&raw[0]))
+	*ev = report.Event{
+		Time:       bootWall.Add(time.Duration(e.TsNs)),
+		PID:        e.Pid,
+		Comm:       commString(e.Comm),
+		LocalAddr:  addrFrom16(e.Laddr, e.Family),
+		LocalPort:  e.Lport,
+		RemoteAddr: addrFrom16(e.Raddr, e.Family),
+		RemotePort: e.Rport,
+	}
+	return nil
+}
+
+func commString(c [16]int8) string {
+	b := make([]byte, 0, len(c))
+	for _, ch := range c {
+		if ch == 0 {
+			break
+		}
+		b = append(b, byte(ch))
+	}
+	return string(b)
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
