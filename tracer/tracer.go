@@ -33,9 +33,9 @@ var Modes = []string{ModeFexit, ModeKretprobe, ModeTracepoint}
 // DefaultMaxAddresses is the default capacity of the per-address counter map.
 const DefaultMaxAddresses = 65536
 
-// pollInterval bounds how long a live event can wait in the ring buffer: the
+// PollInterval bounds how long a live event can wait in the ring buffer: the
 // programs wake the reader only when a batch is queued.
-const pollInterval = 100 * time.Millisecond
+const PollInterval = 100 * time.Millisecond
 
 // Config says what to trace. The zero value traces every port, process and family.
 type Config struct {
@@ -261,14 +261,15 @@ func (t *Tracer) Close() error {
 	return errors.Join(errs...)
 }
 
-// Read waits up to pollInterval for the next accept event and decodes it
-// into ev. It returns false when no event came in that time.
-func (t *Tracer) Read(ev *report.Event) (bool, error) {
+// Read waits up to wait for the next accept event and decodes it into ev.
+// It returns false when no event came in that time; with wait 0 it only
+// takes what is already queued.
+func (t *Tracer) Read(ev *report.Event, wait time.Duration) (bool, error) {
 	if t.reader == nil {
-		time.Sleep(pollInterval)
+		time.Sleep(wait)
 		return false, nil
 	}
-	t.reader.SetDeadline(time.Now().Add(pollInterval))
+	t.reader.SetDeadline(time.Now().Add(wait))
 	if err := t.reader.ReadInto(&t.rec); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return false, nil

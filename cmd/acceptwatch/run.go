@@ -103,23 +103,26 @@ func (l *loop) run(ctx context.Context) error {
 	}
 	var ev report.Event
 	var seen uint64
+	wait := tracer.PollInterval
+	stopping := false
 	for {
-		if ctx.Err() != nil {
-			break
+		if !stopping && (ctx.Err() != nil || (!deadline.IsZero() && !time.Now().Before(deadline))) {
+			// Print what is already queued, then end.
+			stopping, wait = true, 0
 		}
 		now := time.Now()
-		if !deadline.IsZero() && !now.Before(deadline) {
-			break
-		}
 		if !nextWindow.IsZero() && !now.Before(nextWindow) {
 			if err := l.summary(false); err != nil {
 				return err
 			}
 			nextWindow = nextWindow.Add(l.o.interval)
 		}
-		ok, err := l.t.Read(&ev)
+		ok, err := l.t.Read(&ev, wait)
 		if err != nil {
 			return err
+		}
+		if !ok && stopping {
+			break
 		}
 		if ok {
 			seen++

@@ -1,0 +1,867 @@
+package main
+
+// End-to-end tests: they run the real acceptwatch binary as root, make real
+// loopback connections and check its output. The same test binary runs in the
+// kernel matrix (vmtest/) with these variables:
+//
+//	ACCEPTWATCH_BIN          the acceptwatch binary (else it is built here)
+//	ACCEPTWATCH_ATTACH       attach mode under test (default auto)
+//	ACCEPTWATCH_EXPECT_AUTO  the mode auto must pick on this kernel
+//	ACCEPTWATCH_NO_SKIP=1    a missing capability is a failure, not a skip
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// startTimeout is generous: under QEMU's software emulation loading the
+// programs takes seconds.
+const startTimeout = 90 * time.Second
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// requireRoot skips on a host without the privileges, and fails in the
+// kernel matrix where a skip would hide a missing mode.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("ACCEPTWATCH_NO_SKIP") == "1" {
+		t.Fatal("needs root (CAP_BPF, CAP_PERFMON), and ACCEPTWATCH_NO_SKIP=1 forbids skipping")
+	}
+	t.Skip("needs root (CAP_BPF, CAP_PERFMON) to load BPF programs: run the tests with sudo")
+}
+
+func acceptwatchBin(t *testing.T) string {
+	t.Helper()
+	if bin := os.Getenv("ACCEPTWATCH_BIN"); bin != "" {
+		return bin
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "acceptwatch-e2e")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "acceptwatch")
+		out, err := exec.Command("go", "build", "-o", builtBin, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+func attachMode() string {
+	if m := os.Getenv("ACCEPTWATCH_ATTACH"); m != "" {
+		return m
+	}
+	return "auto"
+}
+
+// proc is a running acceptwatch.
+type proc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	stderr bytes.Buffer
+	mode   string
+	ids    objIDs // BPF programs and maps that appeared while it ran
+}
+
+// start runs acceptwatch with args (plus --attach and a ready file) and
+// waits until its programs are attached.
+func start(t *testing.T, args ...string) *proc {
+	t.Helper()
+	requireRoot(t)
+	before := loadedIDs(t)
+	ready := filepath.Join(t.TempDir(), "ready")
+	args = append([]string{"--attach", attachMode(), "--ready-file", ready}, args...)
+	p := &proc{t: t, cmd: exec.Command(acceptwatchBin(t), args...)}
+	p.cmd.Stdout = &p.stdout
+	p.cmd.Stderr = &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
+		}
+	})
+	exited := make(chan struct{})
+	go func() {
+		// Only to notice an early exit; Wait is called by stop.
+		for p.cmd.ProcessState == nil {
+			if err := p.cmd.Process.Signal(syscall.Signal(0)); err != nil {
+				break
+			}
+			if _, err := os.Stat(ready); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		close(exited)
+	}()
+	select {
+	case <-exited:
+	case <-time.After(startTimeout):
+		t.Fatalf("acceptwatch did not start within %v; stderr:\n%s", startTimeout, p.stderr.String())
+	}
+	b, err := os.ReadFile(ready)
+	if err != nil {
+		p.cmd.Wait()
+		t.Fatalf("acceptwatch exited before tracing: %v\nstderr: %s", p.cmd.ProcessState, p.stderr.String())
+	}
+	p.mode = strings.TrimSpace(string(b))
+	if want := attachMode(); want != "auto" && p.mode != want {
+		t.Fatalf("attached with %s, asked for %s", p.mode, want)
+	}
+	p.ids = loadedIDs(t).minus(before)
+	if len(p.ids.progs) == 0 {
+		t.Fatalf("no new BPF program is loaded while acceptwatch runs")
+	}
+	return p
+}
+
+// stop ends acceptwatch with sig (0: wait for it to exit by itself) and checks
+// the exit status and that its programs and maps were released.
+func (p *proc) stop(sig os.Signal) {
+	p.t.Helper()
+	if sig != nil {
+		if err := p.cmd.Process.Signal(sig); err != nil {
+			p.t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			p.t.Fatalf("acceptwatch: %v\nstderr: %s", err, p.stderr.String())
+		}
+	case <-time.After(startTimeout):
+		p.cmd.Process.Kill()
+		p.t.Fatalf("acceptwatch did not exit after %v", sig)
+	}
+	p.assertReleased()
+}
+
+func (p *proc) assertReleased() {
+	p.t.Helper()
+	// The kernel frees maps after an RCU grace period; give it a moment.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left := loadedIDs(p.t).intersect(p.ids)
+		if len(left.progs)+len(left.maps) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("after exit, still loaded: programs %v, maps %v", left.progs, left.maps)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type objIDs struct{ progs, maps []uint32 }
+
+func loadedIDs(t *testing.T) objIDs {
+	t.Helper()
+	var ids objIDs
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("listing BPF programs: %v", err)
+		}
+		ids.progs = append(ids.progs, uint32(next))
+		id = next
+	}
+	for id := ebpf.MapID(0); ; {
+		next, err := ebpf.MapGetNextID(id)
+		if errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("listing BPF maps: %v", err)
+		}
+		ids.maps = append(ids.maps, uint32(next))
+		id = next
+	}
+	return ids
+}
+
+func (a objIDs) minus(b objIDs) objIDs {
+	keep := func(x, y []uint32) (out []uint32) {
+		for _, id := range x {
+			if !slices.Contains(y, id) {
+				out = append(out, id)
+			}
+		}
+		return out
+	}
+	return objIDs{keep(a.progs, b.progs), keep(a.maps, b.maps)}
+}
+
+func (a objIDs) intersect(b objIDs) objIDs {
+	return a.minus(a.minus(b))
+}
+
+// server is a dual-stack listener that accepts and closes, counting.
+type server struct {
+	ln       net.Listener
+	port     int
+	mu       sync.Mutex
+	accepted int
+}
+
+func listen(t *testing.T) *server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "[::]:0") // dual-stack: IPv4 clients arrive v4-mapped
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{ln: ln, port: ln.Addr().(*net.TCPAddr).Port}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+			s.mu.Lock()
+			s.accepted++
+			s.mu.Unlock()
+		}
+	}()
+	return s
+}
+
+func (s *server) waitAccepted(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		s.mu.Lock()
+		got := s.accepted
+		s.mu.Unlock()
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server accepted %d connections, want %d", got, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// dial connects from src to the port n times, reads until the server closes.
+func dial(t *testing.T, src string, dst string, port, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 10 * time.Second}
+		c, err := d.Dial("tcp", net.JoinHostPort(dst, strconv.Itoa(port)))
+		if err != nil {
+			t.Fatalf("dial %s -> %s:%d: %v", src, dst, port, err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(io.Discard, c)
+		c.Close()
+	}
+}
+
+// traffic is the standard mix: several IPv4 sources and ::1 to the watched
+// port, and one more source to an unwatched port.
+var traffic = []struct {
+	src, dst string
+	n        int
+}{
+	{"127.0.0.2", "127.0.0.1", 2},
+	{"127.0.0.3", "127.0.0.1", 3},
+	{"127.0.0.4", "127.0.0.1", 4},
+	{"::1", "::1", 1},
+}
+
+const unwatchedSrc = "127.0.0.9"
+
+func wantCounts() map[string]uint64 {
+	m := map[string]uint64{}
+	for _, tr := range traffic {
+		m[tr.src] += uint64(tr.n)
+	}
+	return m
+}
+
+func sendTraffic(t *testing.T, watched, unwatched *server) int {
+	t.Helper()
+	total := 0
+	for _, tr := range traffic {
+		dial(t, tr.src, tr.dst, watched.port, tr.n)
+		total += tr.n
+	}
+	dial(t, unwatchedSrc, "127.0.0.1", unwatched.port, 3)
+	watched.waitAccepted(t, total)
+	unwatched.waitAccepted(t, 3)
+	return total
+}
+
+type jsonEvent struct {
+	Type       string `json:"type"`
+	Time       string `json:"time"`
+	PID        int    `json:"pid"`
+	Comm       string `json:"comm"`
+	Family     int    `json:"family"`
+	LocalAddr  string `json:"local_addr"`
+	LocalPort  int    `json:"local_port"`
+	RemoteAddr string `json:"remote_addr"`
+	RemotePort int    `json:"remote_port"`
+}
+
+type jsonSummary struct {
+	Type            string   `json:"type"`
+	Final           bool     `json:"final"`
+	AttachMode      string   `json:"attach_mode"`
+	Ports           []string `json:"ports"`
+	TotalAccepted   uint64   `json:"total_accepted"`
+	TotalHandshakes uint64   `json:"total_handshakes"`
+	LostEvents      uint64   `json:"lost_events"`
+	AddressOverflow uint64   `json:"address_overflow"`
+	Addresses       []struct {
+		Addr       string  `json:"addr"`
+		Accepted   uint64  `json:"accepted"`
+		Handshakes uint64  `json:"handshakes"`
+		First      *string `json:"first"`
+		Last       *string `json:"last"`
+	} `json:"addresses"`
+}
+
+func parseJSON(t *testing.T, out string) (events []jsonEvent, summaries []jsonSummary) {
+	t.Helper()
+	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(nil, 64<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		var probe struct{ Type string }
+		if err := json.Unmarshal(line, &probe); err != nil {
+			t.Fatalf("bad JSON line %q: %v", line, err)
+		}
+		switch probe.Type {
+		case "accept":
+			var e jsonEvent
+			if err := json.Unmarshal(line, &e); err != nil {
+				t.Fatal(err)
+			}
+			events = append(events, e)
+		case "summary":
+			var s jsonSummary
+			if err := json.Unmarshal(line, &s); err != nil {
+				t.Fatal(err)
+			}
+			summaries = append(summaries, s)
+		default:
+			t.Fatalf("unknown JSON object type in %q", line)
+		}
+	}
+	return events, summaries
+}
+
+func finalSummary(t *testing.T, sums []jsonSummary) jsonSummary {
+	t.Helper()
+	if len(sums) == 0 || !sums[len(sums)-1].Final {
+		t.Fatalf("no final summary in output (%d summaries)", len(sums))
+	}
+	return sums[len(sums)-1]
+}
+
+func summaryCounts(s jsonSummary) (accepted, handshakes map[string]uint64) {
+	accepted, handshakes = map[string]uint64{}, map[string]uint64{}
+	for _, a := range s.Addresses {
+		accepted[a.Addr] = a.Accepted
+		handshakes[a.Addr] = a.Handshakes
+	}
+	return accepted, handshakes
+}
+
+// TestTraceJSON is the core end-to-end case: exact per-address counts, IPv4
+// clients of a dual-stack listener shown as IPv4, complete live events, the
+// unwatched port absent, handshakes equal to accepts.
+func TestTraceJSON(t *testing.T) {
+	watched, unwatched := listen(t), listen(t)
+	p := start(t, "-port", strconv.Itoa(watched.port), "-o", "json")
+	total := sendTraffic(t, watched, unwatched)
+	p.stop(os.Interrupt)
+
+	events, sums := parseJSON(t, p.stdout.String())
+	// Live events, normalised to the fields that do not vary between runs.
+	var got []string
+	for _, e := range events {
+		if e.LocalPort != watched.port {
+			t.Errorf("event on unwatched port %d: %+v", e.LocalPort, e)
+		}
+		if e.PID != os.Getpid() {
+			t.Errorf("event pid %d, want the server's %d", e.PID, os.Getpid())
+		}
+		if e.Comm == "" || e.RemotePort == 0 {
+			t.Errorf("event with empty fields: %+v", e)
+		}
+		if _, err := time.Parse(time.RFC3339Nano, e.Time); err != nil {
+			t.Errorf("event time %q: %v", e.Time, err)
+		}
+		got = append(got, fmt.Sprintf("%d %s -> %s", e.Family, e.RemoteAddr, e.LocalAddr))
+	}
+	var want []string
+	for _, tr := range traffic {
+		fam := 4
+		if strings.Contains(tr.src, ":") {
+			fam = 6
+		}
+		for i := 0; i < tr.n; i++ {
+			want = append(want, fmt.Sprintf("%d %s -> %s", fam, tr.src, tr.dst))
+		}
+	}
+	sort.Strings(got)
+	sort.Strings(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("live events:\n got %q\nwant %q", got, want)
+	}
+
+	s := finalSummary(t, sums)
+	accepted, handshakes := summaryCounts(s)
+	wantAcc := wantCounts()
+	if !mapsEqual(accepted, wantAcc) {
+		t.Errorf("summary accepted per address = %v, want %v", accepted, wantAcc)
+	}
+	if !mapsEqual(handshakes, wantAcc) {
+		t.Errorf("summary handshakes per address = %v, want %v (equal to accepts)", handshakes, wantAcc)
+	}
+	if s.TotalAccepted != uint64(total) || s.TotalHandshakes != uint64(total) {
+		t.Errorf("totals accepted=%d handshakes=%d, want %d each", s.TotalAccepted, s.TotalHandshakes, total)
+	}
+	if s.LostEvents != 0 || s.AddressOverflow != 0 {
+		t.Errorf("lost=%d overflow=%d, want 0", s.LostEvents, s.AddressOverflow)
+	}
+	if s.AttachMode != p.mode || !slices.Equal(s.Ports, []string{strconv.Itoa(watched.port)}) {
+		t.Errorf("summary mode %q ports %v, want %q [%d]", s.AttachMode, s.Ports, p.mode, watched.port)
+	}
+	for _, a := range s.Addresses {
+		if a.First == nil || a.Last == nil {
+			t.Errorf("address %s without first/last times", a.Addr)
+		}
+	}
+	if !strings.Contains(p.stderr.String(), "acceptwatch: tracing") {
+		t.Errorf("no 'acceptwatch: tracing' line on stderr: %q", p.stderr.String())
+	}
+}
+
+func mapsEqual(a, b map[string]uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestTraceText checks the live lines and the text summary.
+func TestTraceText(t *testing.T) {
+	watched, unwatched := listen(t), listen(t)
+	p := start(t, "-port", strconv.Itoa(watched.port), "--top", "2")
+	total := sendTraffic(t, watched, unwatched)
+	p.stop(syscall.SIGTERM)
+
+	out := p.stdout.String()
+	lines := strings.Split(out, "\n")
+	if !strings.HasPrefix(lines[0], "TIME") || !strings.Contains(lines[0], "RADDR") {
+		t.Fatalf("no header line:\n%s", out)
+	}
+	live := map[string]int{}
+	port := strconv.Itoa(watched.port)
+	for _, l := range lines[1:] {
+		if l == "" {
+			break
+		}
+		f := strings.Fields(l)
+		if len(f) != 8 {
+			t.Fatalf("live line with %d fields: %q", len(f), l)
+		}
+		if f[5] != port {
+			t.Errorf("live line on port %s: %q", f[5], l)
+		}
+		if f[1] != strconv.Itoa(os.Getpid()) {
+			t.Errorf("live line pid %s, want %d: %q", f[1], os.Getpid(), l)
+		}
+		live[f[3]+" "+f[6]]++
+	}
+	want := map[string]int{}
+	for _, tr := range traffic {
+		fam := "4"
+		if strings.Contains(tr.src, ":") {
+			fam = "6"
+		}
+		want[fam+" "+tr.src] += tr.n
+	}
+	if fmt.Sprint(live) != fmt.Sprint(want) {
+		t.Errorf("live lines per family and address = %v, want %v", live, want)
+	}
+	for _, frag := range []string{
+		"REMOTE", "127.0.0.4 ", "127.0.0.3 ",
+		"… and 2 more addresses (3 accepts)",
+		"lost live events: 0", "address-map overflow: 0",
+	} {
+		if !strings.Contains(out, frag) {
+			t.Errorf("summary lacks %q:\n%s", frag, out)
+		}
+	}
+	if !containsFields(out, "TOTAL", strconv.Itoa(total), strconv.Itoa(total)) {
+		t.Errorf("no TOTAL %d %d line:\n%s", total, total, out)
+	}
+	if strings.Contains(out, unwatchedSrc) {
+		t.Errorf("unwatched source %s appears:\n%s", unwatchedSrc, out)
+	}
+}
+
+func containsFields(out string, fields ...string) bool {
+	for _, l := range strings.Split(out, "\n") {
+		if slices.Equal(strings.Fields(l), fields) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestFilters: -6 keeps only IPv6 clients; --pid of another process keeps
+// no accepts but every handshake (those have no process).
+func TestFilters(t *testing.T) {
+	t.Run("ipv6", func(t *testing.T) {
+		watched, unwatched := listen(t), listen(t)
+		p := start(t, "-port", strconv.Itoa(watched.port), "-o", "json", "-6")
+		sendTraffic(t, watched, unwatched)
+		p.stop(os.Interrupt)
+		_, sums := parseJSON(t, p.stdout.String())
+		acc, hs := summaryCounts(finalSummary(t, sums))
+		want := map[string]uint64{"::1": 1}
+		if !mapsEqual(acc, want) || !mapsEqual(hs, want) {
+			t.Errorf("-6: accepted %v handshakes %v, want %v", acc, hs, want)
+		}
+	})
+	t.Run("pid", func(t *testing.T) {
+		watched, unwatched := listen(t), listen(t)
+		p := start(t, "-port", strconv.Itoa(watched.port), "-o", "json", "--pid", "1")
+		total := sendTraffic(t, watched, unwatched)
+		p.stop(os.Interrupt)
+		events, sums := parseJSON(t, p.stdout.String())
+		s := finalSummary(t, sums)
+		if len(events) != 0 || s.TotalAccepted != 0 || s.TotalHandshakes != uint64(total) {
+			t.Errorf("--pid 1: %d events, accepted %d, handshakes %d; want 0, 0, %d",
+				len(events), s.TotalAccepted, s.TotalHandshakes, total)
+		}
+	})
+}
+
+// TestStops: --count and --duration end the run by themselves with a summary,
+// and every stop releases the programs and maps (checked by stop).
+func TestStops(t *testing.T) {
+	t.Run("count", func(t *testing.T) {
+		watched, unwatched := listen(t), listen(t)
+		p := start(t, "-port", strconv.Itoa(watched.port), "-o", "json", "--count", "3")
+		sendTraffic(t, watched, unwatched)
+		p.stop(nil)
+		events, sums := parseJSON(t, p.stdout.String())
+		if len(events) != 3 {
+			t.Errorf("--count 3 printed %d events", len(events))
+		}
+		finalSummary(t, sums)
+	})
+	t.Run("duration", func(t *testing.T) {
+		watched := listen(t)
+		p := start(t, "-port", strconv.Itoa(watched.port), "-q", "--duration", "1s")
+		p.stop(nil)
+		if !strings.Contains(p.stdout.String(), "no connections") {
+			t.Errorf("summary after --duration:\n%s", p.stdout.String())
+		}
+	})
+	t.Run("interval", func(t *testing.T) {
+		watched, unwatched := listen(t), listen(t)
+		p := start(t, "-port", strconv.Itoa(watched.port), "-o", "json", "-q", "--interval", "1s")
+		total := sendTraffic(t, watched, unwatched)
+		time.Sleep(1500 * time.Millisecond) // at least one window boundary
+		p.stop(os.Interrupt)
+		_, sums := parseJSON(t, p.stdout.String())
+		s := finalSummary(t, sums)
+		var windows uint64
+		for _, w := range sums[:len(sums)-1] {
+			if w.Final {
+				t.Errorf("window summary marked final")
+			}
+			windows += w.TotalAccepted
+		}
+		if len(sums) < 3 || windows != uint64(total) || s.TotalAccepted != uint64(total) {
+			t.Errorf("%d summaries; windows add up to %d accepts, final %d; want >=3, %d, %d",
+				len(sums), windows, s.TotalAccepted, total, total)
+		}
+	})
+	t.Run("closed-stdout", func(t *testing.T) {
+		watched, unwatched := listen(t), listen(t)
+		requireRoot(t)
+		before := loadedIDs(t)
+		ready := filepath.Join(t.TempDir(), "ready")
+		cmd := exec.Command(acceptwatchBin(t), "--attach", attachMode(), "--ready-file", ready, "-port", strconv.Itoa(watched.port))
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = w, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		waitFile(t, ready)
+		ids := loadedIDs(t).minus(before)
+		// Like `| head -1`: read the first line, then close the pipe.
+		sendTraffic(t, watched, unwatched)
+		if line, err := bufio.NewReader(r).ReadString('\n'); err != nil || !strings.HasPrefix(line, "TIME") {
+			t.Fatalf("first line %q, %v", line, err)
+		}
+		r.Close()
+		sendTraffic(t, watched, unwatched) // the next write meets the closed pipe
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("exit after closed stdout: %v; stderr %q", err, stderr.String())
+			}
+		case <-time.After(startTimeout):
+			cmd.Process.Kill()
+			t.Fatal("acceptwatch kept running after its stdout was closed")
+		}
+		if s := stderr.String(); strings.Count(s, "\n") != 1 || !strings.HasPrefix(s, "acceptwatch: tracing") {
+			t.Errorf("stderr after closed stdout: %q, want only the tracing line", s)
+		}
+		(&proc{t: t, ids: ids}).assertReleased()
+	})
+}
+
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(startTimeout)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not appear", path)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestAuto: -v explains the choice; where the expected mode is known (in the
+// kernel matrix) auto must pick it.
+func TestAuto(t *testing.T) {
+	requireRoot(t)
+	before := loadedIDs(t)
+	cmd := exec.Command(acceptwatchBin(t), "-v", "--attach", "auto", "--duration", "1ms", "-q")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v: %s", err, stderr.String())
+	}
+	var mode string
+	for _, l := range strings.Split(stderr.String(), "\n") {
+		if rest, ok := strings.CutPrefix(l, "acceptwatch: attach mode "); ok && strings.HasSuffix(rest, ": attached") {
+			mode = strings.TrimSuffix(rest, ": attached")
+		}
+	}
+	if !strings.Contains(stderr.String(), "with "+mode+" ") || mode == "" {
+		t.Fatalf("-v does not say which mode attached:\n%s", stderr.String())
+	}
+	// Every mode before the chosen one must say why it failed.
+	for _, m := range []string{"fexit", "kretprobe", "tracepoint"} {
+		if m == mode {
+			break
+		}
+		if !strings.Contains(stderr.String(), "attach mode "+m+": failed: ") {
+			t.Errorf("-v does not say why %s failed:\n%s", m, stderr.String())
+		}
+	}
+	if want := os.Getenv("ACCEPTWATCH_EXPECT_AUTO"); want != "" && mode != want {
+		t.Errorf("auto picked %s, want %s", mode, want)
+	}
+	if left := loadedIDs(t).minus(before); len(left.progs) != 0 {
+		// Programs of this run must be gone; others may come and go, but
+		// nothing else loads programs in the test machines.
+		time.Sleep(time.Second)
+		if left = loadedIDs(t).minus(before); len(left.progs) != 0 {
+			t.Errorf("programs left after exit: %v", left.progs)
+		}
+	}
+}
+
+// TestBlockedAcceptor: a server already blocked in accept() when tracing
+// starts. Its handshakes are counted in every mode; the accept that was
+// already under way is seen only where the hook is at syscall exit.
+func TestBlockedAcceptor(t *testing.T) {
+	requireRoot(t)
+	fd, port := blockingListener(t)
+	const n = 3
+	accepted := make(chan error, 1)
+	blocked := make(chan struct{})
+	go func() {
+		for i := 0; i < n; i++ {
+			if i == 0 {
+				close(blocked)
+			}
+			nfd, _, err := syscall.Accept(fd)
+			if err != nil {
+				accepted <- err
+				return
+			}
+			syscall.Close(nfd)
+		}
+		accepted <- nil
+	}()
+	<-blocked
+	time.Sleep(200 * time.Millisecond) // let it block in the kernel
+	p := start(t, "-port", strconv.Itoa(port), "-o", "json")
+	dial(t, "127.0.0.6", "127.0.0.1", port, n)
+	select {
+	case err := <-accepted:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("blocking server did not accept")
+	}
+	p.stop(os.Interrupt)
+	_, sums := parseJSON(t, p.stdout.String())
+	s := finalSummary(t, sums)
+	want := uint64(n - 1) // fexit and kretprobe hook the call, which began before them
+	if p.mode == "tracepoint" {
+		want = n
+	}
+	if s.TotalAccepted != want || s.TotalHandshakes != n {
+		t.Errorf("mode %s: accepted %d handshakes %d, want %d and %d", p.mode, s.TotalAccepted, s.TotalHandshakes, want, n)
+	}
+}
+
+// blockingListener makes a listening socket with a blocking file descriptor
+// on 127.0.0.1, outside Go's poller, so accept() really sleeps in the kernel.
+func blockingListener(t *testing.T) (int, int) {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 16); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd, sa.(*syscall.SockaddrInet4).Port
+}
+
+// TestErrors: usage errors exit 2 with one line naming the bad value; a
+// process without privileges exits 1 naming the capabilities and sudo.
+func TestErrors(t *testing.T) {
+	bin := acceptwatchBin(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-port", "0"}, `"0"`},
+		{[]string{"-port", "70000"}, `"70000"`},
+		{[]string{"-port", "abc"}, `"abc"`},
+		{[]string{"-port", "90-80"}, `"90-80"`},
+		{[]string{"--port=80", "-o", "xml"}, `"xml"`},
+		{[]string{"--attach", "uprobe"}, `"uprobe"`},
+		{[]string{"--bogus"}, "bogus"},
+		{[]string{"-4", "-6"}, "-4 and -6"},
+	} {
+		cmd := exec.Command(bin, tc.args...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+			t.Errorf("%v: exit %v, want status 2", tc.args, err)
+		}
+		s := stderr.String()
+		if !strings.HasPrefix(s, "acceptwatch: ") || strings.Count(s, "\n") != 1 || !strings.Contains(s, tc.want) {
+			t.Errorf("%v: stderr %q, want one line naming %s", tc.args, s, tc.want)
+		}
+	}
+
+	t.Run("unprivileged", func(t *testing.T) {
+		requireRoot(t) // to switch to another user
+		dir, err := os.MkdirTemp("", "acceptwatch-unpriv")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		os.Chmod(dir, 0o755)
+		copyBin := filepath.Join(dir, "acceptwatch")
+		var b []byte
+		b, err = os.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(copyBin, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(copyBin, "-port", "80")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err = cmd.Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+			t.Errorf("unprivileged: exit %v, want status 1", err)
+		}
+		s := stderr.String()
+		for _, frag := range []string{"CAP_BPF", "CAP_PERFMON", "sudo"} {
+			if !strings.Contains(s, frag) {
+				t.Errorf("unprivileged: stderr %q lacks %s", s, frag)
+			}
+		}
+	})
+}
+
