@@ -864,4 +864,3 @@ func TestErrors(t *testing.T) {
 		}
 	})
 }
-

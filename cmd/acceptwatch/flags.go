@@ -96,6 +96,9 @@ func parseFlags(args []string) (*options, *pflag.FlagSet, error) {
 	if fs.NArg() > 0 {
 		return nil, fs, usagef("unexpected argument %q (ports go after -port)", fs.Arg(0))
 	}
+	if fs.Changed("port") && len(o.ports) == 0 {
+		return nil, fs, usagef(`invalid port "": empty`)
+	}
 	if err := o.validate(); err != nil {
 		return nil, fs, err
 	}
