@@ -1,0 +1,36 @@
+# acceptwatch. `sudo make test` on a fresh Debian bookworm machine installs what
+# the tests need (apt), checks the generated BPF objects, runs the host tests
+# and the kernel matrix in QEMU.
+
+.PHONY: build test unit e2e deps generate check-generated vmtest bench
+
+# The pinned BPF toolchain; `make generate` output is committed.
+CLANG ?= clang-14
+STRIP ?= llvm-strip-14
+DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev qemu-system-x86 iproute2
+
+build:
+	go build -o acceptwatch ./cmd/acceptwatch
+
+test: deps check-generated
+	go vet ./...
+	go test -count=1 ./...
+	$(MAKE) vmtest
+
+deps:
+	@dpkg -s $(DEBS) >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS); }
+
+generate:
+	BPF2GO_CC=$(CLANG) BPF2GO_STRIP=$(STRIP) go generate ./tracer
+
+# CI: the committed objects must be what the pinned clang makes of bpf/.
+check-generated: generate
+	@git diff --exit-code --stat -- tracer/ || { echo "generated BPF objects are stale: run make generate and commit"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- tracer/)" || { git status --short -- tracer/; echo "untracked generated files"; exit 1; }
+
+# Kernel matrix (vmtest/README.md). Packages holding kernel tests:
+VMTEST_PACKAGES ?= ./cmd/acceptwatch
+# Optional: KERNELS=6.1 MODES=fexit (comma-separated) to run a subset.
+
+vmtest:
+	go run ./vmtest/cmd/matrix -packages "$(VMTEST_PACKAGES)" $(if $(KERNELS),-kernels "$(KERNELS)") $(if $(MODES),-modes "$(MODES)")
