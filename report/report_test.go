@@ -209,10 +209,18 @@ func TestTextLiveAlignment(t *testing.T) {
 	if len(lines) != 3 {
 		t.Fatalf("got %d lines:\n%s", len(lines), buf.String())
 	}
-	// Every column starts at the same offset as its header.
+	// IPv4 lines: every column starts at the same offset as its header, and
+	// the line fits 80 columns. Longer IPv6 addresses push the columns after
+	// them, but fields stay separated.
+	if len(lines[1]) > 80 {
+		t.Errorf("IPv4 line is %d columns wide: %q", len(lines[1]), lines[1])
+	}
+	if f := strings.Fields(lines[2]); len(f) != 8 {
+		t.Errorf("IPv6 line has %d fields: %q", len(f), lines[2])
+	}
 	for _, col := range []string{"IP", "LADDR", "LPORT", "RADDR", "RPORT"} {
 		off := strings.Index(lines[0], col)
-		for _, l := range lines[1:] {
+		for _, l := range lines[1:2] {
 			if off >= len(l) || l[off-1] != ' ' || l[off] == ' ' {
 				t.Errorf("column %s (offset %d) misaligned in %q", col, off, l)
 			}

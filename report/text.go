@@ -20,11 +20,12 @@ type TextOptions struct {
 	Location *time.Location
 }
 
-// Live-line layout. Address columns fit a full IPv6 address (39 chars);
-// wider values push later columns right rather than being truncated.
+// Live-line layout, like bcc's tcpaccept: address columns fit IPv4 so that a
+// line fits 80 columns; longer (IPv6) values push later columns right rather
+// than being truncated.
 const (
-	liveHeader = "TIME     PID     COMM             IP LADDR                                   LPORT RADDR                                   RPORT\n"
-	liveFormat = "%-8s %-7d %-16s %-2d %-39s %-5d %-39s %d\n"
+	liveHeader = "TIME     PID     COMM             IP LADDR           LPORT RADDR           RPORT\n"
+	liveFormat = "%-8s %-7d %-16s %-2d %-15s %-5d %-15s %d\n"
 	clockFmt   = "15:04:05"
 	dateFmt    = "2006-01-02 15:04:05"
 )
