@@ -34,3 +34,9 @@ VMTEST_PACKAGES ?= ./cmd/acceptwatch
 
 vmtest:
 	go run ./vmtest/cmd/matrix -packages "$(VMTEST_PACKAGES)" $(if $(KERNELS),-kernels "$(KERNELS)") $(if $(MODES),-modes "$(MODES)")
+
+# Benchmark (cmd/acceptbench, needs root): throughput with and without
+# acceptwatch, lost events, start-up, 1M addresses, kernel cost per event.
+# About 5 minutes. BENCH_FLAGS="-markdown bench.md" also writes markdown.
+bench:
+	go run ./cmd/acceptbench $(BENCH_FLAGS)

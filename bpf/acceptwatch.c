@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
-/* acceptwatch: one program per way of seeing an accept (user space loads only
- * the one it chose) plus the TCP state-change tracepoint that counts completed
- * handshakes. All of them share the maps below. */
+/* acceptwatch: the programs of one accept hook per attach mode (user space
+ * loads only the mode it chose) and the TCP tracepoints that every mode uses:
+ * completed handshakes, destroyed sockets, SYN-ACK retransmits. */
 
 #include "kernel.h"
 #include <linux/bpf.h>
@@ -16,12 +16,14 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Keep the shared types in BTF so that bpf2go generates their Go mirrors. */
 const struct event *unused_event __attribute__((unused));
+const struct port_stats *unused_port_stats __attribute__((unused));
 const enum stat *unused_stat __attribute__((unused));
 const enum event_kind *unused_event_kind __attribute__((unused));
+const enum event_flags *unused_event_flags __attribute__((unused));
 
 /* Knobs set by user space before load; the verifier sees them as constants. */
-const volatile __u32 target_tgid = 0;    /* 0: every process */
-const volatile __u8 target_family = 0;   /* 0, 4 or 6 */
+const volatile __u32 target_tgid = 0;     /* 0: every process */
+const volatile __u8 target_family = 0;    /* 0, 4 or 6 */
 const volatile bool filter_ports = false; /* false: every port */
 const volatile bool emit_events = true;   /* false: counters only (--quiet) */
 const volatile __u64 wakeup_bytes = 0;    /* wake the reader once this much is queued */
@@ -52,6 +54,30 @@ struct {
 } aw_addrs SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct port_stats);
+} aw_lports SEC(".maps");
+
+/* Completed handshakes not yet accepted, by child socket address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct pending);
+} aw_pending SEC(".maps");
+
+/* The listener of an accept() under way, by thread: kretprobe and
+ * tracepoint modes see it at entry and need it at exit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} aw_listeners SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
 	__type(key, __u32);
@@ -78,7 +104,8 @@ static __always_inline bool port_watched(__u16 port)
 }
 
 /* Reads a socket's addresses as 16 bytes each and returns the family as the
- * user should see it: 4 for AF_INET and for v4-mapped AF_INET6 peers. */
+ * user should see it: 4 for AF_INET and for v4-mapped AF_INET6 peers. Works
+ * for request sockets too: they begin with the same struct sock_common. */
 static __always_inline __u8 read_addrs(struct sock *sk, __u16 family, __u8 laddr[16], __u8 raddr[16])
 {
 	if (family == AF_INET) {
@@ -103,35 +130,96 @@ static __always_inline __u8 read_addrs(struct sock *sk, __u16 family, __u8 laddr
 	return 6;
 }
 
-static __always_inline void count(struct addr_key *key, bool accepted)
+/* A TCP socket of a family acceptwatch reports, on a watched port? Fills the
+ * remote address key and returns the family (4 or 6), 0 to ignore. */
+static __always_inline __u8 watched(struct sock *sk, __u16 lport, struct addr_key *key, __u8 laddr[16])
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	if (!port_watched(lport))
+		return 0;
+	__u8 fam = read_addrs(sk, family, laddr, key->addr);
+
+	if (target_family && fam != target_family)
+		return 0;
+	return fam;
+}
+
+static __always_inline __u32 wait_bucket(__u64 ns)
+{
+	__u64 us = ns / 1000;
+	__u32 b = 0;
+
+	/* floor(log2(us)) + 1 without a loop; 0 for waits under 1 us. */
+	if (us >= 1ULL << 16) { us >>= 16; b += 16; }
+	if (us >= 1ULL << 8) { us >>= 8; b += 8; }
+	if (us >= 1ULL << 4) { us >>= 4; b += 4; }
+	if (us >= 1ULL << 2) { us >>= 2; b += 2; }
+	if (us >= 1ULL << 1) { us >>= 1; b += 1; }
+	b += us; /* us is 0 or 1 here */
+	if (b > WAIT_BUCKETS - 1)
+		b = WAIT_BUCKETS - 1;
+	return b;
+}
+
+static __always_inline void max_u64(__u64 *dst, __u64 v)
+{
+	if (v > *dst)
+		*dst = v;
+}
+
+/* What one event adds to an address's or a port's counters. */
+struct delta {
+	bool accepted, handshake, not_accepted, gone, synack, has_wait, has_backlog;
+	__u64 wait_ns;
+	__u32 backlog, backlog_limit;
+};
+
+static __always_inline struct addr_stats *addr_entry(struct addr_key *key, __u64 now)
+{
 	struct addr_stats *st = bpf_map_lookup_elem(&aw_addrs, key);
 
-	if (!st) {
-		struct addr_stats init = {
-			.accepted = accepted,
-			.handshakes = !accepted,
-			.first_ns = now,
-			.last_ns = now,
-			.window_first_ns = now,
-			.window = window_id,
-		};
-		long err = bpf_map_update_elem(&aw_addrs, key, &init, BPF_NOEXIST);
+	if (st)
+		return st;
+	struct addr_stats init = {
+		.first_ns = now,
+		.last_ns = now,
+		.window_first_ns = now,
+		.window = window_id,
+	};
+	/* NOEXIST: another CPU may have inserted it first; then use theirs. */
+	bpf_map_update_elem(&aw_addrs, key, &init, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&aw_addrs, key);
+}
 
-		if (err == 0)
-			return;
-		/* Another CPU may have inserted it first; otherwise the map is full. */
-		st = bpf_map_lookup_elem(&aw_addrs, key);
-		if (!st) {
-			stat_inc(accepted ? STAT_OVERFLOW_ACCEPTS : STAT_OVERFLOW_HANDSHAKES);
-			return;
-		}
+static __always_inline void count_addr(struct addr_key *key, struct delta *d)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct addr_stats *st = addr_entry(key, now);
+
+	if (!st) {
+		stat_inc(d->accepted ? STAT_OVERFLOW_ACCEPTS :
+			 d->handshake ? STAT_OVERFLOW_HANDSHAKES : STAT_OVERFLOW_OTHER);
+		return;
 	}
-	if (accepted)
+	if (d->accepted)
 		__sync_fetch_and_add(&st->accepted, 1);
-	else
+	if (d->handshake)
 		__sync_fetch_and_add(&st->handshakes, 1);
+	if (d->not_accepted)
+		__sync_fetch_and_add(&st->not_accepted, 1);
+	if (d->gone)
+		__sync_fetch_and_add(&st->gone, 1);
+	if (d->synack)
+		__sync_fetch_and_add(&st->synack_retrans, 1);
+	if (d->has_wait) {
+		__u32 b = wait_bucket(d->wait_ns) & (WAIT_BUCKETS - 1);
+
+		__sync_fetch_and_add(&st->wait_hist[b], 1);
+		max_u64(&st->wait_max_ns, d->wait_ns);
+	}
 	st->last_ns = now;
 	if (st->window != window_id) {
 		st->window = window_id;
@@ -139,39 +227,92 @@ static __always_inline void count(struct addr_key *key, bool accepted)
 	}
 }
 
-/* Common to every attach mode: sk is the accepted socket, lport the port of the
- * listener if the hook knows it (the accepted socket's own port reads 0 once
- * the client has reset it). */
-static __always_inline void handle_accept(struct sock *sk, __u16 lport)
+static __always_inline void count_port(__u16 lport, struct delta *d)
+{
+	__u32 key = lport;
+	struct port_stats *ps = bpf_map_lookup_elem(&aw_lports, &key);
+
+	if (!ps) {
+		struct port_stats init = {};
+
+		bpf_map_update_elem(&aw_lports, &key, &init, BPF_NOEXIST);
+		ps = bpf_map_lookup_elem(&aw_lports, &key);
+		if (!ps) {
+			stat_inc(STAT_PORTS_FULL);
+			return;
+		}
+	}
+	if (d->accepted)
+		__sync_fetch_and_add(&ps->accepted, 1);
+	if (d->not_accepted)
+		__sync_fetch_and_add(&ps->not_accepted, 1);
+	if (d->synack)
+		__sync_fetch_and_add(&ps->synack_retrans, 1);
+	if (d->has_wait) {
+		__u32 b = wait_bucket(d->wait_ns) & (WAIT_BUCKETS - 1);
+
+		__sync_fetch_and_add(&ps->wait_hist[b], 1);
+		max_u64(&ps->wait_max_ns, d->wait_ns);
+	}
+	if (d->has_backlog) {
+		if (d->backlog > ps->backlog_max)
+			ps->backlog_max = d->backlog;
+		ps->backlog_limit = d->backlog_limit;
+	}
+}
+
+/* Common to every attach mode: sk is the accepted socket, lsk its listener
+ * when the hook knows it (the accepted socket's own port reads 0 once the
+ * client has reset it, and only the listener knows its queue). */
+static __always_inline void handle_accept(struct sock *sk, struct sock *lsk)
 {
 	if (!sk)
-		return;
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-
-	if (family != AF_INET && family != AF_INET6)
 		return;
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return;
 
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
+	__u16 lport = lsk ? BPF_CORE_READ(lsk, __sk_common.skc_num) : 0;
 
-	if (target_tgid && tgid != target_tgid)
-		return;
 	if (!lport)
 		lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	if (!lport)
 		lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	if (!port_watched(lport))
-		return;
 
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
-	__u8 fam = read_addrs(sk, family, laddr, key.addr);
+	__u8 fam = watched(sk, lport, &key, laddr);
 
-	if (target_family && fam != target_family)
+	if (!fam)
 		return;
-	count(&key, true);
+
+	/* The handshake's entry goes whoever accepted, or a filtered-out
+	 * accept would later count as never accepted. */
+	__u64 now = bpf_ktime_get_ns();
+	__u64 skp = (__u64)sk;
+	struct pending *p = bpf_map_lookup_elem(&aw_pending, &skp);
+	struct delta d = { .accepted = true };
+
+	if (p) {
+		d.has_wait = true;
+		d.wait_ns = now > p->ts_ns ? now - p->ts_ns : 0;
+		bpf_map_delete_elem(&aw_pending, &skp);
+	}
+
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (target_tgid && tgid != target_tgid)
+		return;
+
+	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+
+	d.gone = state != TCP_ESTABLISHED;
+	if (lsk) {
+		d.has_backlog = true;
+		d.backlog = BPF_CORE_READ(lsk, sk_ack_backlog) + 1;
+		d.backlog_limit = BPF_CORE_READ(lsk, sk_max_ack_backlog);
+	}
+	count_addr(&key, &d);
+	count_port(lport, &d);
 	if (!emit_events)
 		return;
 
@@ -181,15 +322,20 @@ static __always_inline void handle_accept(struct sock *sk, __u16 lport)
 		stat_inc(STAT_LOST_EVENTS);
 		return;
 	}
-	e->ts_ns = bpf_ktime_get_ns();
+	e->ts_ns = now;
+	e->queue_wait_ns = d.wait_ns;
 	__builtin_memcpy(e->laddr, laddr, 16);
 	__builtin_memcpy(e->raddr, key.addr, 16);
 	e->pid = tgid;
+	e->backlog = d.backlog;
+	e->backlog_max = d.backlog_limit;
 	e->lport = lport;
 	e->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	e->family = fam;
 	e->kind = EVENT_ACCEPT;
-	e->_pad[0] = e->_pad[1] = 0;
+	e->state = state;
+	e->flags = (d.has_wait ? EVENT_F_WAIT : 0) | (d.has_backlog ? EVENT_F_BACKLOG : 0) |
+		   (d.gone ? EVENT_F_GONE : 0);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 
 	/* Waking the reader per event costs more than the event: wake it only
@@ -201,16 +347,11 @@ static __always_inline void handle_accept(struct sock *sk, __u16 lport)
 	bpf_ringbuf_submit(e, flags);
 }
 
-static __always_inline __u16 sock_port(struct sock *sk)
-{
-	return sk ? BPF_CORE_READ(sk, __sk_common.skc_num) : 0;
-}
-
 /* fexit, kernels before 6.10: inet_csk_accept(sk, flags, err, kern). */
 SEC("fexit/inet_csk_accept")
 int BPF_PROG(aw_fexit_acc4, struct sock *lsk, int flags, int *err, bool kern, struct sock *ret)
 {
-	handle_accept(ret, sock_port(lsk));
+	handle_accept(ret, lsk);
 	return 0;
 }
 
@@ -218,42 +359,83 @@ int BPF_PROG(aw_fexit_acc4, struct sock *lsk, int flags, int *err, bool kern, st
 SEC("fexit/inet_csk_accept")
 int BPF_PROG(aw_fexit_acc2, struct sock *lsk, void *arg, struct sock *ret)
 {
-	handle_accept(ret, sock_port(lsk));
+	handle_accept(ret, lsk);
 	return 0;
 }
 
-/* kretprobe: the return value is all there is, whatever the signature. */
+static __always_inline void save_listener(struct sock *lsk)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+	__u64 v = (__u64)lsk;
+
+	if (lsk)
+		bpf_map_update_elem(&aw_listeners, &tid, &v, BPF_ANY);
+}
+
+static __always_inline struct sock *take_listener(void)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+	__u64 *v = bpf_map_lookup_elem(&aw_listeners, &tid);
+	struct sock *lsk;
+
+	if (!v)
+		return NULL;
+	lsk = (struct sock *)*v;
+	bpf_map_delete_elem(&aw_listeners, &tid);
+	return lsk;
+}
+
+/* kprobe mode: the listener at entry (the first argument in every kernel's
+ * signature), the accepted socket at return. */
+SEC("kprobe/inet_csk_accept")
+int BPF_KPROBE(aw_kprobe_acc, struct sock *lsk)
+{
+	save_listener(lsk);
+	return 0;
+}
+
 SEC("kretprobe/inet_csk_accept")
 int BPF_KRETPROBE(aw_kretprobe_acc, struct sock *ret)
 {
-	handle_accept(ret, 0);
+	handle_accept(ret, take_listener());
 	return 0;
 }
 
-/* Tracepoint mode, for kernels that allow only tracepoints: at the exit of
- * accept()/accept4() the new descriptor leads to the socket:
- * current->files->fdt->fd[ret]->private_data (struct socket)->sk. */
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int aw_tp_accept(struct trace_event_raw_sys_exit *ctx)
+/* The socket behind a file descriptor of the current process:
+ * current->files->fdt->fd[fd]->private_data (struct socket)->sk. */
+static __always_inline struct sock *fd_sock(long fd)
 {
-	long fd = BPF_CORE_READ(ctx, ret);
-
-	if (fd < 0)
-		return 0;
-
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	struct file **fds = BPF_CORE_READ(fdt, fd);
 	struct file *file = NULL;
 
-	if (fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
 	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
-		return 0;
-
+		return NULL;
 	struct socket *sock = BPF_CORE_READ(file, private_data);
 
-	handle_accept(BPF_CORE_READ(sock, sk), 0);
+	return sock ? BPF_CORE_READ(sock, sk) : NULL;
+}
+
+/* Tracepoint mode, for kernels that allow only tracepoints: the listening
+ * descriptor at entry of accept()/accept4(), the new one at exit. */
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int aw_tp_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	save_listener(fd_sock(BPF_CORE_READ(ctx, args[0])));
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int aw_tp_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	long fd = BPF_CORE_READ(ctx, ret);
+	struct sock *lsk = take_listener();
+
+	if (fd >= 0)
+		handle_accept(fd_sock(fd), lsk);
 	return 0;
 }
 
@@ -264,21 +446,68 @@ int BPF_PROG(aw_handshake, struct sock *sk, int oldstate, int newstate)
 {
 	if (oldstate != TCP_SYN_RECV || newstate != TCP_ESTABLISHED)
 		return 0;
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-
-	if (family != AF_INET && family != AF_INET6)
-		return 0;
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	if (!port_watched(BPF_CORE_READ(sk, __sk_common.skc_num)))
+
+	__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	struct addr_key key = {};
+	__u8 laddr[16] = {};
+
+	if (!watched(sk, lport, &key, laddr))
 		return 0;
+
+	struct delta d = { .handshake = true };
+
+	count_addr(&key, &d);
+
+	__u64 skp = (__u64)sk;
+	struct pending p = { .ts_ns = bpf_ktime_get_ns(), .lport = lport };
+
+	if (bpf_map_update_elem(&aw_pending, &skp, &p, BPF_ANY))
+		stat_inc(STAT_PENDING_FULL);
+	return 0;
+}
+
+/* A socket is destroyed: if its handshake completed and no accept took it,
+ * it was never accepted (e.g. the listener closed with it queued). */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(aw_destroy, struct sock *sk)
+{
+	__u64 skp = (__u64)sk;
+	struct pending *p = bpf_map_lookup_elem(&aw_pending, &skp);
+
+	if (!p)
+		return 0;
+	__u16 lport = p->lport;
+
+	bpf_map_delete_elem(&aw_pending, &skp);
 
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
-	__u8 fam = read_addrs(sk, family, laddr, key.addr);
 
-	if (target_family && fam != target_family)
+	if (!watched(sk, lport, &key, laddr))
 		return 0;
-	count(&key, false);
+	struct delta d = { .not_accepted = true };
+
+	count_addr(&key, &d);
+	count_port(lport, &d);
+	return 0;
+}
+
+/* The listener resends a SYN-ACK: the client has not completed the
+ * handshake (a half-open connection, as in a SYN flood). */
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(aw_synack, struct sock *lsk, struct sock *req)
+{
+	__u16 lport = BPF_CORE_READ(lsk, __sk_common.skc_num);
+	struct addr_key key = {};
+	__u8 laddr[16] = {};
+
+	if (!watched(req, lport, &key, laddr))
+		return 0;
+	struct delta d = { .synack = true };
+
+	count_addr(&key, &d);
+	count_port(lport, &d);
 	return 0;
 }

@@ -2,23 +2,37 @@
  * from these by bpf2go -type, never written by hand). */
 #pragma once
 
+/* Queue waits are kept as log2 histograms of microseconds: bucket 0 holds
+ * waits under 1 us, bucket i waits in [2^(i-1), 2^i) us, the last one the rest. */
+#define WAIT_BUCKETS 32 /* a power of two: indexes are masked for the verifier */
+
 /* One live event in the ring buffer. Addresses are 16 bytes; IPv4 (and IPv4
  * clients of dual-stack listeners) are stored v4-mapped with family 4. */
 struct event {
 	__u64 ts_ns; /* CLOCK_MONOTONIC */
+	__u64 queue_wait_ns; /* handshake to accept; valid with EVENT_F_WAIT */
 	__u8 laddr[16];
 	__u8 raddr[16];
 	__u32 pid; /* thread group id of the acceptor */
+	__u32 backlog; /* listener's queue when taken, this one included */
+	__u32 backlog_max; /* listener's limit; valid with EVENT_F_BACKLOG */
 	__u16 lport;
 	__u16 rport;
 	__u8 family; /* 4 or 6 */
 	__u8 kind;   /* enum event_kind */
-	__u8 _pad[2];
+	__u8 state;  /* TCP state of the accepted socket */
+	__u8 flags;  /* enum event_flags */
 	char comm[16];
 };
 
 enum event_kind {
 	EVENT_ACCEPT = 1,
+};
+
+enum event_flags {
+	EVENT_F_WAIT = 1,    /* queue_wait_ns is known */
+	EVENT_F_BACKLOG = 2, /* the listener was seen: backlog fields valid */
+	EVENT_F_GONE = 4,    /* client had closed or reset before the accept */
 };
 
 /* Key of the per-remote-address counters. */
@@ -33,8 +47,31 @@ struct addr_stats {
 	__u64 last_ns;
 	/* First event of the current --interval window (window_id in .bss). */
 	__u64 window_first_ns;
+	__u64 not_accepted;   /* handshake done, socket gone without accept() */
+	__u64 gone;           /* accepted after the client closed or reset */
+	__u64 synack_retrans; /* SYN-ACKs resent: handshake not completed */
+	__u64 wait_max_ns;
+	__u32 wait_hist[WAIT_BUCKETS];
 	__u32 window;
 	__u32 _pad;
+};
+
+/* Per listening port. */
+struct port_stats {
+	__u64 accepted;
+	__u64 not_accepted;
+	__u64 synack_retrans;
+	__u64 wait_max_ns;
+	__u32 backlog_max; /* most connections queued at one accept */
+	__u32 backlog_limit;
+	__u32 wait_hist[WAIT_BUCKETS];
+};
+
+/* A completed handshake waiting in an accept queue, by child socket. */
+struct pending {
+	__u64 ts_ns;
+	__u16 lport;
+	__u16 _pad[3];
 };
 
 /* Indexes into the per-CPU stats array: what could not be recorded. */
@@ -42,5 +79,8 @@ enum stat {
 	STAT_LOST_EVENTS = 0,       /* ring buffer full: live event dropped */
 	STAT_OVERFLOW_ACCEPTS = 1,  /* address map full: accept not attributed */
 	STAT_OVERFLOW_HANDSHAKES = 2,
-	STAT_MAX = 3,
+	STAT_OVERFLOW_OTHER = 3,    /* address map full: queue-side counts */
+	STAT_PENDING_FULL = 4,      /* pending table full: a queue wait unknown */
+	STAT_PORTS_FULL = 5,        /* port table full */
+	STAT_MAX = 6,
 };

@@ -18,6 +18,8 @@ typedef _Bool bool;
 /* enum tcp_state values are ABI (they appear in tracepoint output). */
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
@@ -76,7 +78,13 @@ struct trace_entry {
 	unsigned short type;
 };
 
-/* Context of the classic syscalls:sys_exit_* tracepoints. */
+/* Contexts of the classic syscalls:sys_enter_* and sys_exit_* tracepoints. */
+struct trace_event_raw_sys_enter {
+	struct trace_entry ent;
+	long id;
+	unsigned long args[6];
+};
+
 struct trace_event_raw_sys_exit {
 	struct trace_entry ent;
 	long id;

@@ -40,12 +40,14 @@ func checkGolden(t *testing.T, name string, got []byte) {
 func sampleEvents() []Event {
 	return []Event{
 		{Time: at(1), PID: 1234, Comm: "nginx", LocalAddr: netip.MustParseAddr("10.0.0.1"), LocalPort: 80,
-			RemoteAddr: netip.MustParseAddr("192.168.1.7"), RemotePort: 51234},
+			RemoteAddr: netip.MustParseAddr("192.168.1.7"), RemotePort: 51234,
+			QueueWait: 1234 * time.Microsecond, HasWait: true, Backlog: 3, BacklogMax: 511, HasBacklog: true},
 		{Time: at(2).Add(500 * time.Millisecond), PID: 1234, Comm: "nginx", LocalAddr: netip.MustParseAddr("2001:db8::1"), LocalPort: 443,
 			RemoteAddr: netip.MustParseAddr("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"), RemotePort: 40000},
 		// v4-mapped client of a dual-stack listener, hostile comm.
 		{Time: at(3), PID: 4294967295, Comm: "evil\x1b[2J\n\\x\x00pad", LocalAddr: netip.MustParseAddr("::ffff:10.0.0.1"), LocalPort: 8080,
-			RemoteAddr: netip.MustParseAddr("::ffff:203.0.113.9"), RemotePort: 65535},
+			RemoteAddr: netip.MustParseAddr("::ffff:203.0.113.9"), RemotePort: 65535,
+			QueueWait: 2500 * time.Millisecond, HasWait: true, Backlog: 1, BacklogMax: 4096, HasBacklog: true, ClientGone: true},
 		// Long comm (after escaping) pushes later columns.
 		{Time: at(4), PID: 7, Comm: "\x01\x02\x03\x04\x05\x06\x07", LocalAddr: netip.MustParseAddr("fe80::1%eth0"), LocalPort: 22,
 			RemoteAddr: netip.MustParseAddr("fe80::2%eth0"), RemotePort: 1},
@@ -60,16 +62,27 @@ func sampleSummary(final bool) Summary {
 		Ports:      []string{"80", "443", "8000-8100"},
 		Addresses: []AddrStats{
 			{Addr: netip.MustParseAddr("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"), Accepted: 1, Handshakes: 1, First: at(2), Last: at(2)},
-			{Addr: netip.MustParseAddr("192.168.1.7"), Accepted: 12, Handshakes: 12, First: at(1), Last: at(9)},
-			{Addr: netip.MustParseAddr("::ffff:203.0.113.9"), Accepted: 3, Handshakes: 5, First: at(3), Last: at(8)},
+			{Addr: netip.MustParseAddr("192.168.1.7"), Accepted: 12, Handshakes: 12, First: at(1), Last: at(9),
+				Wait: Wait{Count: 12, P50: 512 * time.Microsecond, P99: 2048 * time.Microsecond, Max: 1900 * time.Microsecond}},
+			{Addr: netip.MustParseAddr("::ffff:203.0.113.9"), Accepted: 3, Handshakes: 5, First: at(3), Last: at(8),
+				NotAccepted: 2, ClientGone: 1, SynackRetrans: 7, Wait: Wait{Count: 3, P50: time.Second, P99: 4 * time.Second, Max: 2500 * time.Millisecond}},
 			{Addr: netip.MustParseAddr("198.51.100.1"), Accepted: 0, Handshakes: 2}, // handshakes only, times unknown
 		},
-		TotalAccepted:   17,
-		TotalHandshakes: 21,
-		LostEvents:      4,
-		AddressOverflow: 1,
-		MaxAddresses:    10240,
-		Final:           final,
+		TotalAccepted:      17,
+		TotalHandshakes:    21,
+		LostEvents:         4,
+		AddressOverflow:    1,
+		MaxAddresses:       10240,
+		Final:              final,
+		TotalNotAccepted:   2,
+		TotalClientGone:    1,
+		TotalSynackRetrans: 7,
+		Listeners: []PortStats{
+			{Port: 80, Accepted: 12, BacklogMax: 3, BacklogLimit: 511, Wait: Wait{Count: 12, P50: 512 * time.Microsecond, P99: 2048 * time.Microsecond, Max: 1900 * time.Microsecond}},
+			{Port: 8080, Accepted: 3, NotAccepted: 2, SynackRetrans: 7, BacklogMax: 1, BacklogLimit: 4096, Wait: Wait{Count: 3, P50: time.Second, P99: 4 * time.Second, Max: 2500 * time.Millisecond}},
+		},
+		KernelCounters: []KernelCounter{{"ListenOverflows", 5}, {"ListenDrops", 5}, {"TCPReqQFullDrop", 0}},
+		Findings:       []string{"queue wait p99 4s on port 8080 is over 1s (--max-wait)"},
 	}
 }
 

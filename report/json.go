@@ -23,39 +23,70 @@ func NewJSON(w io.Writer) Writer {
 }
 
 type jsonAccept struct {
-	Type       string `json:"type"`
-	Time       string `json:"time"`
-	PID        uint32 `json:"pid"`
-	Comm       string `json:"comm"`
-	Family     int    `json:"family"`
-	LocalAddr  string `json:"local_addr"`
-	LocalPort  uint16 `json:"local_port"`
-	RemoteAddr string `json:"remote_addr"`
-	RemotePort uint16 `json:"remote_port"`
+	Type       string  `json:"type"`
+	Time       string  `json:"time"`
+	PID        uint32  `json:"pid"`
+	Comm       string  `json:"comm"`
+	Family     int     `json:"family"`
+	LocalAddr  string  `json:"local_addr"`
+	LocalPort  uint16  `json:"local_port"`
+	RemoteAddr string  `json:"remote_addr"`
+	RemotePort uint16  `json:"remote_port"`
+	QueueWait  *int64  `json:"queue_wait_us"` // null: handshake not seen
+	Backlog    *uint32 `json:"backlog"`       // null: listener not seen
+	BacklogMax *uint32 `json:"backlog_max"`
+	ClientGone bool    `json:"client_gone"`
+}
+
+type jsonWait struct {
+	Count uint64 `json:"count"`
+	P50   *int64 `json:"p50_us"`
+	P99   *int64 `json:"p99_us"`
+	Max   *int64 `json:"max_us"`
+}
+
+type jsonPort struct {
+	Port          uint16   `json:"port"`
+	Accepted      uint64   `json:"accepted"`
+	NotAccepted   uint64   `json:"not_accepted"`
+	SynackRetrans uint64   `json:"synack_retrans"`
+	BacklogMax    uint32   `json:"backlog_max"`
+	BacklogLimit  uint32   `json:"backlog_limit"`
+	QueueWait     jsonWait `json:"queue_wait"`
 }
 
 type jsonAddr struct {
-	Addr       string  `json:"addr"`
-	Accepted   uint64  `json:"accepted"`
-	Handshakes uint64  `json:"handshakes"`
-	First      *string `json:"first"`
-	Last       *string `json:"last"`
+	Addr          string   `json:"addr"`
+	Accepted      uint64   `json:"accepted"`
+	Handshakes    uint64   `json:"handshakes"`
+	First         *string  `json:"first"`
+	Last          *string  `json:"last"`
+	NotAccepted   uint64   `json:"not_accepted"`
+	ClientGone    uint64   `json:"client_gone"`
+	SynackRetrans uint64   `json:"synack_retrans"`
+	QueueWait     jsonWait `json:"queue_wait"`
 }
 
 type jsonSummary struct {
-	Type            string     `json:"type"`
-	Final           bool       `json:"final"`
-	Start           string     `json:"start"`
-	End             string     `json:"end"`
-	DurationS       float64    `json:"duration_s"`
-	AttachMode      string     `json:"attach_mode"`
-	Ports           []string   `json:"ports"`
-	TotalAccepted   uint64     `json:"total_accepted"`
-	TotalHandshakes uint64     `json:"total_handshakes"`
-	LostEvents      uint64     `json:"lost_events"`
-	AddressOverflow uint64     `json:"address_overflow"`
-	MaxAddresses    uint32     `json:"max_addresses"`
-	Addresses       []jsonAddr `json:"addresses"`
+	Type               string            `json:"type"`
+	Final              bool              `json:"final"`
+	Start              string            `json:"start"`
+	End                string            `json:"end"`
+	DurationS          float64           `json:"duration_s"`
+	AttachMode         string            `json:"attach_mode"`
+	Ports              []string          `json:"ports"`
+	TotalAccepted      uint64            `json:"total_accepted"`
+	TotalHandshakes    uint64            `json:"total_handshakes"`
+	LostEvents         uint64            `json:"lost_events"`
+	AddressOverflow    uint64            `json:"address_overflow"`
+	MaxAddresses       uint32            `json:"max_addresses"`
+	TotalNotAccepted   uint64            `json:"total_not_accepted"`
+	TotalClientGone    uint64            `json:"total_client_gone"`
+	TotalSynackRetrans uint64            `json:"total_synack_retrans"`
+	KernelCounters     map[string]uint64 `json:"kernel_counters"`
+	Findings           []string          `json:"findings"`
+	Listeners          []jsonPort        `json:"listeners"`
+	Addresses          []jsonAddr        `json:"addresses"`
 }
 
 func (j *jsonWriter) write(v any) error {
@@ -79,6 +110,10 @@ func (j *jsonWriter) Event(e Event) error {
 		LocalPort:  e.LocalPort,
 		RemoteAddr: raddr.String(),
 		RemotePort: e.RemotePort,
+		QueueWait:  usIf(e.QueueWait, e.HasWait),
+		Backlog:    u32If(e.Backlog, e.HasBacklog),
+		BacklogMax: u32If(e.BacklogMax, e.HasBacklog),
+		ClientGone: e.ClientGone,
 	})
 }
 
@@ -86,30 +121,57 @@ func (j *jsonWriter) Event(e Event) error {
 func (j *jsonWriter) Summary(s Summary) error {
 	addrs := prepare(s.Addresses)
 	out := jsonSummary{
-		Type:            "summary",
-		Final:           s.Final,
-		Start:           s.Start.Format(time.RFC3339Nano),
-		End:             s.End.Format(time.RFC3339Nano),
-		DurationS:       s.End.Sub(s.Start).Seconds(),
-		AttachMode:      s.AttachMode,
-		Ports:           s.Ports,
-		TotalAccepted:   s.TotalAccepted,
-		TotalHandshakes: s.TotalHandshakes,
-		LostEvents:      s.LostEvents,
-		AddressOverflow: s.AddressOverflow,
-		MaxAddresses:    s.MaxAddresses,
-		Addresses:       make([]jsonAddr, len(addrs)),
+		Type:               "summary",
+		Final:              s.Final,
+		Start:              s.Start.Format(time.RFC3339Nano),
+		End:                s.End.Format(time.RFC3339Nano),
+		DurationS:          s.End.Sub(s.Start).Seconds(),
+		AttachMode:         s.AttachMode,
+		Ports:              s.Ports,
+		TotalAccepted:      s.TotalAccepted,
+		TotalHandshakes:    s.TotalHandshakes,
+		LostEvents:         s.LostEvents,
+		AddressOverflow:    s.AddressOverflow,
+		MaxAddresses:       s.MaxAddresses,
+		Addresses:          make([]jsonAddr, len(addrs)),
+		TotalNotAccepted:   s.TotalNotAccepted,
+		TotalClientGone:    s.TotalClientGone,
+		TotalSynackRetrans: s.TotalSynackRetrans,
+		KernelCounters:     map[string]uint64{},
+		Findings:           []string{},
+		Listeners:          make([]jsonPort, len(s.Listeners)),
+	}
+	for _, c := range s.KernelCounters {
+		out.KernelCounters[c.Name] = c.Delta
+	}
+	for _, f := range s.Findings {
+		out.Findings = append(out.Findings, Sanitize(f))
+	}
+	for i, p := range s.Listeners {
+		out.Listeners[i] = jsonPort{
+			Port:          p.Port,
+			Accepted:      p.Accepted,
+			NotAccepted:   p.NotAccepted,
+			SynackRetrans: p.SynackRetrans,
+			BacklogMax:    p.BacklogMax,
+			BacklogLimit:  p.BacklogLimit,
+			QueueWait:     waitJSON(p.Wait),
+		}
 	}
 	if out.Ports == nil {
 		out.Ports = []string{}
 	}
 	for i, a := range addrs {
 		out.Addresses[i] = jsonAddr{
-			Addr:       a.Addr.String(),
-			Accepted:   a.Accepted,
-			Handshakes: a.Handshakes,
-			First:      jsonTime(a.First),
-			Last:       jsonTime(a.Last),
+			Addr:          a.Addr.String(),
+			Accepted:      a.Accepted,
+			Handshakes:    a.Handshakes,
+			First:         jsonTime(a.First),
+			Last:          jsonTime(a.Last),
+			NotAccepted:   a.NotAccepted,
+			ClientGone:    a.ClientGone,
+			SynackRetrans: a.SynackRetrans,
+			QueueWait:     waitJSON(a.Wait),
 		}
 	}
 	return j.write(out)
@@ -121,4 +183,24 @@ func jsonTime(t time.Time) *string {
 	}
 	s := t.Format(time.RFC3339Nano)
 	return &s
+}
+
+func usIf(d time.Duration, ok bool) *int64 {
+	if !ok {
+		return nil
+	}
+	us := d.Microseconds()
+	return &us
+}
+
+func u32If(v uint32, ok bool) *uint32 {
+	if !ok {
+		return nil
+	}
+	return &v
+}
+
+func waitJSON(w Wait) jsonWait {
+	ok := w.Count > 0
+	return jsonWait{Count: w.Count, P50: usIf(w.P50, ok), P99: usIf(w.P99, ok), Max: usIf(w.Max, ok)}
 }

@@ -23,6 +23,19 @@ type Event struct {
 	LocalPort  uint16
 	RemoteAddr netip.Addr
 	RemotePort uint16
+	QueueWait  time.Duration // handshake to accept(); valid if HasWait
+	HasWait    bool
+	Backlog    uint32 // listener's queue when taken, this one included
+	BacklogMax uint32 // listener's limit; both valid if HasBacklog
+	HasBacklog bool
+	ClientGone bool // the client had closed or reset before accept()
+}
+
+// Wait summarises queue waits (handshake completed to accept()). P50 and
+// P99 come from log2 buckets: the upper bound of the bucket, capped at Max.
+type Wait struct {
+	Count         uint64
+	P50, P99, Max time.Duration
 }
 
 // AddrStats is one remote address's counts over a summary window.
@@ -32,20 +45,48 @@ type AddrStats struct {
 	Handshakes uint64
 	First      time.Time // zero if unknown
 	Last       time.Time
+	// Accept-queue view.
+	NotAccepted   uint64 // handshake completed, closed before any accept()
+	ClientGone    uint64 // accepted after the client had closed or reset
+	SynackRetrans uint64 // SYN-ACKs resent: handshakes the client did not finish
+	Wait          Wait
+}
+
+// PortStats is one listening port's accept-queue view over a window.
+type PortStats struct {
+	Port          uint16
+	Accepted      uint64
+	NotAccepted   uint64
+	SynackRetrans uint64
+	BacklogMax    uint32 // most connections queued at one accept (0: unknown)
+	BacklogLimit  uint32
+	Wait          Wait
+}
+
+// KernelCounter is the change of one TcpExt counter over a window.
+type KernelCounter struct {
+	Name  string
+	Delta uint64
 }
 
 // Summary covers one window ([Start, End]): the whole run, or one --interval.
 type Summary struct {
-	Start, End      time.Time
-	AttachMode      string      // "fexit", "kretprobe", "tracepoint"
-	Ports           []string    // as the user gave them, normalised: "80", "8000-8100"; empty = all ports
-	Addresses       []AddrStats // any order; the writers sort
-	TotalAccepted   uint64      // includes accepts that overflowed the address map
-	TotalHandshakes uint64
-	LostEvents      uint64 // live events the kernel could not queue (ring buffer full)
-	AddressOverflow uint64 // accepts+handshakes not attributed to an address because the map was full
-	MaxAddresses    uint32 // capacity of the address map (for the hint in the overflow line)
-	Final           bool   // true for the end-of-run summary, false for --interval windows
+	Start, End         time.Time
+	AttachMode         string      // "fexit", "kretprobe", "tracepoint"
+	Ports              []string    // as the user gave them, normalised: "80", "8000-8100"; empty = all ports
+	Addresses          []AddrStats // any order; the writers sort
+	TotalAccepted      uint64      // includes accepts that overflowed the address map
+	TotalHandshakes    uint64
+	LostEvents         uint64 // live events the kernel could not queue (ring buffer full)
+	AddressOverflow    uint64 // accepts+handshakes not attributed to an address because the map was full
+	MaxAddresses       uint32 // capacity of the address map (for the hint in the overflow line)
+	TotalNotAccepted   uint64
+	TotalClientGone    uint64
+	TotalSynackRetrans uint64
+	Listeners          []PortStats     // per listening port, sorted by port
+	KernelCounters     []KernelCounter // fixed order, zeros included
+	Findings           []string        // one line each: what looks wrong
+	Final              bool            // true for the end-of-run summary, false for --interval windows
 }
 
 // Writer receives live events and summaries.
@@ -86,30 +127,23 @@ func SortAddresses(s []AddrStats) {
 }
 
 // prepare returns a sorted copy of addrs with every address normalised.
-// Entries that normalise to the same address (e.g. ::ffff:10.0.0.1 and
-// 10.0.0.1) are merged: counts add up, First is the earliest known time and
-// Last the latest. The caller's slice is not modified.
+// Addresses are unique: the kernel counts IPv4 clients of dual-stack
+// listeners under their IPv4 address. The caller's slice is not modified.
 func prepare(addrs []AddrStats) []AddrStats {
-	out := make([]AddrStats, 0, len(addrs))
-	idx := make(map[netip.Addr]int, len(addrs))
-	for _, s := range addrs {
-		s.Addr = Normalize(s.Addr)
-		i, ok := idx[s.Addr]
-		if !ok {
-			idx[s.Addr] = len(out)
-			out = append(out, s)
-			continue
-		}
-		m := &out[i]
-		m.Accepted += s.Accepted
-		m.Handshakes += s.Handshakes
-		if !s.First.IsZero() && (m.First.IsZero() || s.First.Before(m.First)) {
-			m.First = s.First
-		}
-		if s.Last.After(m.Last) {
-			m.Last = s.Last
-		}
+	out := slices.Clone(addrs)
+	for i := range out {
+		out[i].Addr = Normalize(out[i].Addr)
 	}
 	SortAddresses(out)
 	return out
+}
+
+// sortBy sorts by key descending, then address ascending.
+func sortBy(s []AddrStats, key func(AddrStats) uint64) {
+	slices.SortStableFunc(s, func(a, b AddrStats) int {
+		if c := cmp.Compare(key(b), key(a)); c != 0 {
+			return c
+		}
+		return a.Addr.Compare(b.Addr)
+	})
 }

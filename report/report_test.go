@@ -140,7 +140,7 @@ func TestTextTopCut(t *testing.T) {
 		if more != tc.wantMore {
 			t.Errorf("top %d: more line %q, want %q", tc.top, more, tc.wantMore)
 		}
-		if !regexp.MustCompile(fmt.Sprintf(`(?m)^TOTAL +%d +0$`, s.TotalAccepted)).MatchString(buf.String()) {
+		if !regexp.MustCompile(fmt.Sprintf(`(?m)^TOTAL +%d +0 +0 +0 +0$`, s.TotalAccepted)).MatchString(buf.String()) {
 			t.Errorf("top %d: TOTAL line missing total %d:\n%s", tc.top, s.TotalAccepted, buf.String())
 		}
 	}
@@ -210,15 +210,15 @@ func TestTextLiveAlignment(t *testing.T) {
 		t.Fatalf("got %d lines:\n%s", len(lines), buf.String())
 	}
 	// IPv4 lines: every column starts at the same offset as its header, and
-	// the line fits 80 columns. Longer IPv6 addresses push the columns after
+	// the line fits 100 columns. Longer IPv6 addresses push the columns after
 	// them, but fields stay separated.
-	if len(lines[1]) > 80 {
+	if len(lines[1]) > 100 {
 		t.Errorf("IPv4 line is %d columns wide: %q", len(lines[1]), lines[1])
 	}
-	if f := strings.Fields(lines[2]); len(f) != 8 {
+	if f := strings.Fields(lines[2]); len(f) != 10 {
 		t.Errorf("IPv6 line has %d fields: %q", len(f), lines[2])
 	}
-	for _, col := range []string{"IP", "LADDR", "LPORT", "RADDR", "RPORT"} {
+	for _, col := range []string{"IP", "LADDR", "LPORT", "RADDR", "RPORT", "WAIT", "BL"} {
 		off := strings.Index(lines[0], col)
 		for _, l := range lines[1:2] {
 			if off >= len(l) || l[off-1] != ' ' || l[off] == ' ' {
@@ -245,47 +245,48 @@ func TestTextBlankLineAfterEvents(t *testing.T) {
 	}
 }
 
-func TestMergeDuplicatesAfterNormalize(t *testing.T) {
-	t1, t2, t3 := time.Unix(100, 0), time.Unix(200, 0), time.Unix(300, 0)
-	got := prepare([]AddrStats{
-		{Addr: netip.MustParseAddr("10.0.0.1"), Accepted: 1, Handshakes: 1, First: t2, Last: t2},
-		{Addr: netip.MustParseAddr("::ffff:10.0.0.1"), Accepted: 2, Handshakes: 3, First: t1, Last: t3},
-		{Addr: netip.MustParseAddr("10.0.0.2"), Accepted: 1},
-	})
-	if len(got) != 2 || got[0].Addr != netip.MustParseAddr("10.0.0.1") || got[0].Accepted != 3 ||
-		got[0].Handshakes != 4 || !got[0].First.Equal(t1) || !got[0].Last.Equal(t3) {
-		t.Errorf("merge: %+v", got)
-	}
-}
-
 // jsonLine mirrors the documented schema for parse-back checks.
 type jsonLine struct {
-	Type            string   `json:"type"`
-	Time            string   `json:"time"`
-	PID             uint32   `json:"pid"`
-	Comm            string   `json:"comm"`
-	Family          int      `json:"family"`
-	LocalAddr       string   `json:"local_addr"`
-	LocalPort       uint16   `json:"local_port"`
-	RemoteAddr      string   `json:"remote_addr"`
-	RemotePort      uint16   `json:"remote_port"`
-	Final           bool     `json:"final"`
-	Start           string   `json:"start"`
-	End             string   `json:"end"`
-	DurationS       float64  `json:"duration_s"`
-	AttachMode      string   `json:"attach_mode"`
-	Ports           []string `json:"ports"`
-	TotalAccepted   uint64   `json:"total_accepted"`
-	TotalHandshakes uint64   `json:"total_handshakes"`
-	LostEvents      uint64   `json:"lost_events"`
-	AddressOverflow uint64   `json:"address_overflow"`
-	MaxAddresses    uint32   `json:"max_addresses"`
+	Type            string            `json:"type"`
+	Time            string            `json:"time"`
+	PID             uint32            `json:"pid"`
+	Comm            string            `json:"comm"`
+	Family          int               `json:"family"`
+	LocalAddr       string            `json:"local_addr"`
+	LocalPort       uint16            `json:"local_port"`
+	RemoteAddr      string            `json:"remote_addr"`
+	RemotePort      uint16            `json:"remote_port"`
+	QueueWaitUs     *int64            `json:"queue_wait_us"`
+	Backlog         *uint32           `json:"backlog"`
+	BacklogMax      *uint32           `json:"backlog_max"`
+	ClientGone      bool              `json:"client_gone"`
+	Final           bool              `json:"final"`
+	Start           string            `json:"start"`
+	End             string            `json:"end"`
+	DurationS       float64           `json:"duration_s"`
+	AttachMode      string            `json:"attach_mode"`
+	Ports           []string          `json:"ports"`
+	TotalAccepted   uint64            `json:"total_accepted"`
+	TotalHandshakes uint64            `json:"total_handshakes"`
+	LostEvents      uint64            `json:"lost_events"`
+	AddressOverflow uint64            `json:"address_overflow"`
+	MaxAddresses    uint32            `json:"max_addresses"`
+	TotalNotAcc     uint64            `json:"total_not_accepted"`
+	TotalGone       uint64            `json:"total_client_gone"`
+	TotalSynack     uint64            `json:"total_synack_retrans"`
+	KernelCounters  map[string]uint64 `json:"kernel_counters"`
+	Findings        []string          `json:"findings"`
+	Listeners       []json.RawMessage `json:"listeners"`
 	Addresses       []struct {
-		Addr       string  `json:"addr"`
-		Accepted   uint64  `json:"accepted"`
-		Handshakes uint64  `json:"handshakes"`
-		First      *string `json:"first"`
-		Last       *string `json:"last"`
+		Addr          string          `json:"addr"`
+		Accepted      uint64          `json:"accepted"`
+		Handshakes    uint64          `json:"handshakes"`
+		First         *string         `json:"first"`
+		Last          *string         `json:"last"`
+		NotAccepted   uint64          `json:"not_accepted"`
+		ClientGone    uint64          `json:"client_gone"`
+		SynackRetrans uint64          `json:"synack_retrans"`
+		QueueWait     json.RawMessage `json:"queue_wait"`
 	} `json:"addresses"`
 }
 
@@ -391,9 +392,11 @@ func TestJSONKeyOrder(t *testing.T) {
 	}
 	sc := bufio.NewScanner(&buf)
 	want := [][]string{
-		{"type", "time", "pid", "comm", "family", "local_addr", "local_port", "remote_addr", "remote_port"},
+		{"type", "time", "pid", "comm", "family", "local_addr", "local_port", "remote_addr", "remote_port",
+			"queue_wait_us", "backlog", "backlog_max", "client_gone"},
 		{"type", "final", "start", "end", "duration_s", "attach_mode", "ports", "total_accepted", "total_handshakes",
-			"lost_events", "address_overflow", "max_addresses", "addresses"},
+			"lost_events", "address_overflow", "max_addresses", "total_not_accepted", "total_client_gone",
+			"total_synack_retrans", "kernel_counters", "findings", "listeners", "addresses"},
 	}
 	for i := 0; sc.Scan(); i++ {
 		line := sc.Text()

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // TextOptions configures the human-readable writer.
@@ -24,8 +25,8 @@ type TextOptions struct {
 // line fits 80 columns; longer (IPv6) values push later columns right rather
 // than being truncated.
 const (
-	liveHeader = "TIME     PID     COMM             IP LADDR           LPORT RADDR           RPORT\n"
-	liveFormat = "%-8s %-7d %-16s %-2d %-15s %-5d %-15s %d\n"
+	liveHeader = "TIME     PID     COMM             IP LADDR           LPORT RADDR           RPORT WAIT     BL\n"
+	liveFormat = "%-8s %-7d %-16s %-2d %-15s %-5d %-15s %-5d %-8s %s%s\n"
 	clockFmt   = "15:04:05"
 	dateFmt    = "2006-01-02 15:04:05"
 )
@@ -70,7 +71,10 @@ func (t *textWriter) Event(e Event) error {
 		Normalize(e.LocalAddr).String(),
 		e.LocalPort,
 		raddr.String(),
-		e.RemotePort)
+		e.RemotePort,
+		liveWait(e),
+		liveBacklog(e),
+		liveGone(e))
 	if err := t.flush(); err != nil {
 		return err
 	}
@@ -118,41 +122,59 @@ func (t *textWriter) Summary(s Summary) error {
 	}
 	rest := addrs[len(shown):]
 
-	// Column widths fit the rows actually shown and the TOTAL line.
-	rw, aw, hw := len("REMOTE"), len("ACCEPTED"), len("HANDSHAKES")
-	names := make([]string, len(shown))
-	for i, a := range shown {
-		names[i] = a.Addr.String()
-		rw = max(rw, len(names[i]))
-		aw = max(aw, numLen(a.Accepted))
-		hw = max(hw, numLen(a.Handshakes))
-	}
-	rw = max(rw, len("TOTAL"))
-	aw = max(aw, numLen(s.TotalAccepted))
-	hw = max(hw, numLen(s.TotalHandshakes))
-
-	fmt.Fprintf(b, "%-*s  %*s  %*s  %-8s  %s\n", rw, "REMOTE", aw, "ACCEPTED", hw, "HANDSHAKES", "FIRST", "LAST")
-	if len(addrs) == 0 {
-		b.WriteString("no connections\n")
-	}
-	for i, a := range shown {
-		fmt.Fprintf(b, "%-*s  %*d  %*d  %-8s  %s\n", rw, names[i], aw, a.Accepted, hw, a.Handshakes,
-			clock(a.First, loc), clock(a.Last, loc))
+	tb := table{align: "lrrrrrrrrll"}
+	tb.add("REMOTE", "ACCEPTED", "HANDSHAKES", "NOT_ACC", "GONE", "SYNACK_RT", "WAIT_P50", "WAIT_P99", "WAIT_MAX", "FIRST", "LAST")
+	for _, a := range shown {
+		tb.add(a.Addr.String(), num(a.Accepted), num(a.Handshakes), num(a.NotAccepted), num(a.ClientGone),
+			num(a.SynackRetrans), dur(a.Wait.P50, a.Wait.Count), dur(a.Wait.P99, a.Wait.Count),
+			dur(a.Wait.Max, a.Wait.Count), clock(a.First, loc), clock(a.Last, loc))
 	}
 	if len(rest) > 0 {
 		var m uint64
 		for _, a := range rest {
 			m += a.Accepted
 		}
-		fmt.Fprintf(b, "… and %d more addresses (%d accepts)\n", len(rest), m)
+		tb.line(fmt.Sprintf("… and %d more addresses (%d accepts)", len(rest), m))
 	}
-	fmt.Fprintf(b, "%-*s  %*d  %*d\n", rw, "TOTAL", aw, s.TotalAccepted, hw, s.TotalHandshakes)
+	if len(addrs) == 0 {
+		tb.line("no connections")
+	}
+	tb.add("TOTAL", num(s.TotalAccepted), num(s.TotalHandshakes), num(s.TotalNotAccepted),
+		num(s.TotalClientGone), num(s.TotalSynackRetrans))
+	tb.write(b)
+
+	if len(s.Listeners) > 0 {
+		pt := table{align: "rrrrrrrr"}
+		pt.add("PORT", "ACCEPTED", "NOT_ACC", "SYNACK_RT", "BACKLOG_MAX", "WAIT_P50", "WAIT_P99", "WAIT_MAX")
+		for _, p := range s.Listeners {
+			bl := "-"
+			if p.BacklogLimit > 0 || p.BacklogMax > 0 {
+				bl = fmt.Sprintf("%d/%d", p.BacklogMax, p.BacklogLimit)
+			}
+			pt.add(strconv.Itoa(int(p.Port)), num(p.Accepted), num(p.NotAccepted), num(p.SynackRetrans), bl,
+				dur(p.Wait.P50, p.Wait.Count), dur(p.Wait.P99, p.Wait.Count), dur(p.Wait.Max, p.Wait.Count))
+		}
+		pt.write(b)
+	}
+
 	fmt.Fprintf(b, "lost live events: %d\n", s.LostEvents)
 	fmt.Fprintf(b, "address-map overflow: %d", s.AddressOverflow)
 	if s.AddressOverflow > 0 {
 		fmt.Fprintf(b, " (map full at %d addresses; raise --max-addresses)", s.MaxAddresses)
 	}
 	b.WriteByte('\n')
+	var kc []string
+	for _, c := range s.KernelCounters {
+		if c.Delta > 0 {
+			kc = append(kc, fmt.Sprintf("%s +%d", c.Name, c.Delta))
+		}
+	}
+	if len(kc) > 0 {
+		fmt.Fprintf(b, "kernel counters: %s\n", strings.Join(kc, ", "))
+	}
+	for _, f := range s.Findings {
+		fmt.Fprintf(b, "finding: %s\n", Sanitize(f))
+	}
 
 	if err := t.flush(); err != nil {
 		return err
@@ -168,6 +190,96 @@ func clock(t time.Time, loc *time.Location) string {
 	return t.In(loc).Format(clockFmt)
 }
 
-func numLen(n uint64) int {
-	return len(strconv.FormatUint(n, 10))
+func num(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// dur prints a wait; "-" when no wait was measured.
+func dur(d time.Duration, count uint64) string {
+	if count == 0 {
+		return "-"
+	}
+	return FormatDuration(d)
+}
+
+// FormatDuration prints d with three significant digits at most: 850µs,
+// 12.3ms, 2.05s.
+func FormatDuration(d time.Duration) string {
+	switch {
+	case d < time.Microsecond:
+		return "<1µs"
+	case d < time.Millisecond:
+		return strconv.FormatInt(int64(d/time.Microsecond), 10) + "µs"
+	case d < time.Second:
+		return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'g', 3, 64) + "ms"
+	default:
+		return strconv.FormatFloat(d.Seconds(), 'g', 3, 64) + "s"
+	}
+}
+
+func liveWait(e Event) string {
+	if !e.HasWait {
+		return "-"
+	}
+	return FormatDuration(e.QueueWait)
+}
+
+func liveBacklog(e Event) string {
+	if !e.HasBacklog {
+		return "-"
+	}
+	return fmt.Sprintf("%d/%d", e.Backlog, e.BacklogMax)
+}
+
+func liveGone(e Event) string {
+	if e.ClientGone {
+		return " client-gone"
+	}
+	return ""
+}
+
+// table lays out rows in columns as wide as their widest cell; align has
+// one letter per column, l or r. Rows may have fewer cells than columns.
+type table struct {
+	align string
+	rows  [][]string
+	lines map[int]string // free text after row i-1
+}
+
+func (t *table) add(cells ...string) { t.rows = append(t.rows, cells) }
+
+func (t *table) line(s string) {
+	if t.lines == nil {
+		t.lines = map[int]string{}
+	}
+	t.lines[len(t.rows)] = s
+	t.rows = append(t.rows, nil)
+}
+
+func (t *table) write(b *bytes.Buffer) {
+	width := make([]int, len(t.align))
+	for _, r := range t.rows {
+		for i, c := range r {
+			width[i] = max(width[i], utf8.RuneCountInString(c))
+		}
+	}
+	for i, r := range t.rows {
+		if r == nil {
+			b.WriteString(t.lines[i])
+			b.WriteByte('\n')
+			continue
+		}
+		var line strings.Builder
+		for j, c := range r {
+			pad := strings.Repeat(" ", width[j]-utf8.RuneCountInString(c))
+			if j > 0 {
+				line.WriteString("  ")
+			}
+			if t.align[j] == 'r' {
+				line.WriteString(pad + c)
+			} else {
+				line.WriteString(c + pad)
+			}
+		}
+		b.WriteString(strings.TrimRight(line.String(), " "))
+		b.WriteByte('\n')
+	}
 }

@@ -25,24 +25,41 @@ type acceptwatchAddrStats struct {
 	FirstNs       uint64
 	LastNs        uint64
 	WindowFirstNs uint64
+	NotAccepted   uint64
+	Gone          uint64
+	SynackRetrans uint64
+	WaitMaxNs     uint64
+	WaitHist      [32]uint32
 	Window        uint32
 	Pad           uint32
 }
 
 type acceptwatchEvent struct {
-	_      structs.HostLayout
-	TsNs   uint64
-	Laddr  [16]uint8
-	Raddr  [16]uint8
-	Pid    uint32
-	Lport  uint16
-	Rport  uint16
-	Family uint8
-	Kind   uint8
-	Pad    [2]uint8
-	Comm   [16]int8
-	_      [4]byte
+	_           structs.HostLayout
+	TsNs        uint64
+	QueueWaitNs uint64
+	Laddr       [16]uint8
+	Raddr       [16]uint8
+	Pid         uint32
+	Backlog     uint32
+	BacklogMax  uint32
+	Lport       uint16
+	Rport       uint16
+	Family      uint8
+	Kind        uint8
+	State       uint8
+	Flags       uint8
+	Comm        [16]int8
+	_           [4]byte
 }
+
+type acceptwatchEventFlags uint32
+
+const (
+	acceptwatchEventFlagsEVENT_F_WAIT    acceptwatchEventFlags = 1
+	acceptwatchEventFlagsEVENT_F_BACKLOG acceptwatchEventFlags = 2
+	acceptwatchEventFlagsEVENT_F_GONE    acceptwatchEventFlags = 4
+)
 
 type acceptwatchEventKind uint32
 
@@ -50,37 +67,67 @@ const (
 	acceptwatchEventKindEVENT_ACCEPT acceptwatchEventKind = 1
 )
 
+type acceptwatchPending struct {
+	_     structs.HostLayout
+	TsNs  uint64
+	Lport uint16
+	Pad   [3]uint16
+}
+
+type acceptwatchPortStats struct {
+	_             structs.HostLayout
+	Accepted      uint64
+	NotAccepted   uint64
+	SynackRetrans uint64
+	WaitMaxNs     uint64
+	BacklogMax    uint32
+	BacklogLimit  uint32
+	WaitHist      [32]uint32
+}
+
 type acceptwatchStat uint32
 
 const (
 	acceptwatchStatSTAT_LOST_EVENTS         acceptwatchStat = 0
 	acceptwatchStatSTAT_OVERFLOW_ACCEPTS    acceptwatchStat = 1
 	acceptwatchStatSTAT_OVERFLOW_HANDSHAKES acceptwatchStat = 2
-	acceptwatchStatSTAT_MAX                 acceptwatchStat = 3
+	acceptwatchStatSTAT_OVERFLOW_OTHER      acceptwatchStat = 3
+	acceptwatchStatSTAT_PENDING_FULL        acceptwatchStat = 4
+	acceptwatchStatSTAT_PORTS_FULL          acceptwatchStat = 5
+	acceptwatchStatSTAT_MAX                 acceptwatchStat = 6
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	acceptwatchMapAwAddrs         = "aw_addrs"
-	acceptwatchMapAwEvents        = "aw_events"
-	acceptwatchMapAwPorts         = "aw_ports"
-	acceptwatchMapAwStats         = "aw_stats"
-	acceptwatchProgAwFexitAcc2    = "aw_fexit_acc2"
-	acceptwatchProgAwFexitAcc4    = "aw_fexit_acc4"
-	acceptwatchProgAwHandshake    = "aw_handshake"
-	acceptwatchProgAwKretprobeAcc = "aw_kretprobe_acc"
-	acceptwatchProgAwTpAccept     = "aw_tp_accept"
-	acceptwatchVarEmitEvents      = "emit_events"
-	acceptwatchVarFilterPorts     = "filter_ports"
-	acceptwatchVarTargetFamily    = "target_family"
-	acceptwatchVarTargetTgid      = "target_tgid"
-	acceptwatchVarUnusedEvent     = "unused_event"
-	acceptwatchVarUnusedEventKind = "unused_event_kind"
-	acceptwatchVarUnusedStat      = "unused_stat"
-	acceptwatchVarWakeupBytes     = "wakeup_bytes"
-	acceptwatchVarWindowId        = "window_id"
+	acceptwatchMapAwAddrs          = "aw_addrs"
+	acceptwatchMapAwEvents         = "aw_events"
+	acceptwatchMapAwListeners      = "aw_listeners"
+	acceptwatchMapAwLports         = "aw_lports"
+	acceptwatchMapAwPending        = "aw_pending"
+	acceptwatchMapAwPorts          = "aw_ports"
+	acceptwatchMapAwStats          = "aw_stats"
+	acceptwatchProgAwDestroy       = "aw_destroy"
+	acceptwatchProgAwFexitAcc2     = "aw_fexit_acc2"
+	acceptwatchProgAwFexitAcc4     = "aw_fexit_acc4"
+	acceptwatchProgAwHandshake     = "aw_handshake"
+	acceptwatchProgAwKprobeAcc     = "aw_kprobe_acc"
+	acceptwatchProgAwKretprobeAcc  = "aw_kretprobe_acc"
+	acceptwatchProgAwSynack        = "aw_synack"
+	acceptwatchProgAwTpAccept      = "aw_tp_accept"
+	acceptwatchProgAwTpEnter       = "aw_tp_enter"
+	acceptwatchVarEmitEvents       = "emit_events"
+	acceptwatchVarFilterPorts      = "filter_ports"
+	acceptwatchVarTargetFamily     = "target_family"
+	acceptwatchVarTargetTgid       = "target_tgid"
+	acceptwatchVarUnusedEvent      = "unused_event"
+	acceptwatchVarUnusedEventFlags = "unused_event_flags"
+	acceptwatchVarUnusedEventKind  = "unused_event_kind"
+	acceptwatchVarUnusedPortStats  = "unused_port_stats"
+	acceptwatchVarUnusedStat       = "unused_stat"
+	acceptwatchVarWakeupBytes      = "wakeup_bytes"
+	acceptwatchVarWindowId         = "window_id"
 )
 
 // loadAcceptwatch returns the embedded CollectionSpec for acceptwatch.
@@ -125,36 +172,45 @@ type acceptwatchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type acceptwatchProgramSpecs struct {
+	AwDestroy      *ebpf.ProgramSpec `ebpf:"aw_destroy"`
 	AwFexitAcc2    *ebpf.ProgramSpec `ebpf:"aw_fexit_acc2"`
 	AwFexitAcc4    *ebpf.ProgramSpec `ebpf:"aw_fexit_acc4"`
 	AwHandshake    *ebpf.ProgramSpec `ebpf:"aw_handshake"`
+	AwKprobeAcc    *ebpf.ProgramSpec `ebpf:"aw_kprobe_acc"`
 	AwKretprobeAcc *ebpf.ProgramSpec `ebpf:"aw_kretprobe_acc"`
+	AwSynack       *ebpf.ProgramSpec `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.ProgramSpec `ebpf:"aw_tp_accept"`
+	AwTpEnter      *ebpf.ProgramSpec `ebpf:"aw_tp_enter"`
 }
 
 // acceptwatchMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type acceptwatchMapSpecs struct {
-	AwAddrs  *ebpf.MapSpec `ebpf:"aw_addrs"`
-	AwEvents *ebpf.MapSpec `ebpf:"aw_events"`
-	AwPorts  *ebpf.MapSpec `ebpf:"aw_ports"`
-	AwStats  *ebpf.MapSpec `ebpf:"aw_stats"`
+	AwAddrs     *ebpf.MapSpec `ebpf:"aw_addrs"`
+	AwEvents    *ebpf.MapSpec `ebpf:"aw_events"`
+	AwListeners *ebpf.MapSpec `ebpf:"aw_listeners"`
+	AwLports    *ebpf.MapSpec `ebpf:"aw_lports"`
+	AwPending   *ebpf.MapSpec `ebpf:"aw_pending"`
+	AwPorts     *ebpf.MapSpec `ebpf:"aw_ports"`
+	AwStats     *ebpf.MapSpec `ebpf:"aw_stats"`
 }
 
 // acceptwatchVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type acceptwatchVariableSpecs struct {
-	EmitEvents      *ebpf.VariableSpec `ebpf:"emit_events"`
-	FilterPorts     *ebpf.VariableSpec `ebpf:"filter_ports"`
-	TargetFamily    *ebpf.VariableSpec `ebpf:"target_family"`
-	TargetTgid      *ebpf.VariableSpec `ebpf:"target_tgid"`
-	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedEventKind *ebpf.VariableSpec `ebpf:"unused_event_kind"`
-	UnusedStat      *ebpf.VariableSpec `ebpf:"unused_stat"`
-	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
-	WindowId        *ebpf.VariableSpec `ebpf:"window_id"`
+	EmitEvents       *ebpf.VariableSpec `ebpf:"emit_events"`
+	FilterPorts      *ebpf.VariableSpec `ebpf:"filter_ports"`
+	TargetFamily     *ebpf.VariableSpec `ebpf:"target_family"`
+	TargetTgid       *ebpf.VariableSpec `ebpf:"target_tgid"`
+	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventFlags *ebpf.VariableSpec `ebpf:"unused_event_flags"`
+	UnusedEventKind  *ebpf.VariableSpec `ebpf:"unused_event_kind"`
+	UnusedPortStats  *ebpf.VariableSpec `ebpf:"unused_port_stats"`
+	UnusedStat       *ebpf.VariableSpec `ebpf:"unused_stat"`
+	WakeupBytes      *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	WindowId         *ebpf.VariableSpec `ebpf:"window_id"`
 }
 
 // acceptwatchObjects contains all objects after they have been loaded into the kernel.
@@ -177,16 +233,22 @@ func (o *acceptwatchObjects) Close() error {
 //
 // It can be passed to loadAcceptwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acceptwatchMaps struct {
-	AwAddrs  *ebpf.Map `ebpf:"aw_addrs"`
-	AwEvents *ebpf.Map `ebpf:"aw_events"`
-	AwPorts  *ebpf.Map `ebpf:"aw_ports"`
-	AwStats  *ebpf.Map `ebpf:"aw_stats"`
+	AwAddrs     *ebpf.Map `ebpf:"aw_addrs"`
+	AwEvents    *ebpf.Map `ebpf:"aw_events"`
+	AwListeners *ebpf.Map `ebpf:"aw_listeners"`
+	AwLports    *ebpf.Map `ebpf:"aw_lports"`
+	AwPending   *ebpf.Map `ebpf:"aw_pending"`
+	AwPorts     *ebpf.Map `ebpf:"aw_ports"`
+	AwStats     *ebpf.Map `ebpf:"aw_stats"`
 }
 
 func (m *acceptwatchMaps) Close() error {
 	return _AcceptwatchClose(
 		m.AwAddrs,
 		m.AwEvents,
+		m.AwListeners,
+		m.AwLports,
+		m.AwPending,
 		m.AwPorts,
 		m.AwStats,
 	)
@@ -196,35 +258,45 @@ func (m *acceptwatchMaps) Close() error {
 //
 // It can be passed to loadAcceptwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acceptwatchVariables struct {
-	EmitEvents      *ebpf.Variable `ebpf:"emit_events"`
-	FilterPorts     *ebpf.Variable `ebpf:"filter_ports"`
-	TargetFamily    *ebpf.Variable `ebpf:"target_family"`
-	TargetTgid      *ebpf.Variable `ebpf:"target_tgid"`
-	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
-	UnusedEventKind *ebpf.Variable `ebpf:"unused_event_kind"`
-	UnusedStat      *ebpf.Variable `ebpf:"unused_stat"`
-	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
-	WindowId        *ebpf.Variable `ebpf:"window_id"`
+	EmitEvents       *ebpf.Variable `ebpf:"emit_events"`
+	FilterPorts      *ebpf.Variable `ebpf:"filter_ports"`
+	TargetFamily     *ebpf.Variable `ebpf:"target_family"`
+	TargetTgid       *ebpf.Variable `ebpf:"target_tgid"`
+	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventFlags *ebpf.Variable `ebpf:"unused_event_flags"`
+	UnusedEventKind  *ebpf.Variable `ebpf:"unused_event_kind"`
+	UnusedPortStats  *ebpf.Variable `ebpf:"unused_port_stats"`
+	UnusedStat       *ebpf.Variable `ebpf:"unused_stat"`
+	WakeupBytes      *ebpf.Variable `ebpf:"wakeup_bytes"`
+	WindowId         *ebpf.Variable `ebpf:"window_id"`
 }
 
 // acceptwatchPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadAcceptwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acceptwatchPrograms struct {
+	AwDestroy      *ebpf.Program `ebpf:"aw_destroy"`
 	AwFexitAcc2    *ebpf.Program `ebpf:"aw_fexit_acc2"`
 	AwFexitAcc4    *ebpf.Program `ebpf:"aw_fexit_acc4"`
 	AwHandshake    *ebpf.Program `ebpf:"aw_handshake"`
+	AwKprobeAcc    *ebpf.Program `ebpf:"aw_kprobe_acc"`
 	AwKretprobeAcc *ebpf.Program `ebpf:"aw_kretprobe_acc"`
+	AwSynack       *ebpf.Program `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.Program `ebpf:"aw_tp_accept"`
+	AwTpEnter      *ebpf.Program `ebpf:"aw_tp_enter"`
 }
 
 func (p *acceptwatchPrograms) Close() error {
 	return _AcceptwatchClose(
+		p.AwDestroy,
 		p.AwFexitAcc2,
 		p.AwFexitAcc4,
 		p.AwHandshake,
+		p.AwKprobeAcc,
 		p.AwKretprobeAcc,
+		p.AwSynack,
 		p.AwTpAccept,
+		p.AwTpEnter,
 	)
 }
 

@@ -3,7 +3,9 @@ package tracer
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -14,79 +16,33 @@ import (
 // Counts is what the kernel counted over a window; exact even when live
 // events were lost.
 type Counts struct {
-	Start, End      time.Time
-	Addresses       []report.AddrStats
-	TotalAccepted   uint64 // including accepts the full address map could not attribute
-	TotalHandshakes uint64
-	LostEvents      uint64
-	AddressOverflow uint64
+	Start, End         time.Time
+	Addresses          []report.AddrStats
+	Listeners          []report.PortStats // sorted by port
+	KernelCounters     []report.KernelCounter
+	TotalAccepted      uint64 // including accepts the full address map could not attribute
+	TotalHandshakes    uint64
+	TotalNotAccepted   uint64
+	TotalClientGone    uint64
+	TotalSynackRetrans uint64
+	LostEvents         uint64
+	AddressOverflow    uint64 // events not attributed to an address: map full
+	WaitsUnknown       uint64 // handshakes whose queue wait could not be kept: table full
+	PortsOverflow      uint64 // events not counted per port: port table full
 }
-
-type prevCounts struct{ accepted, handshakes uint64 }
 
 // Total returns everything counted since the tracer started.
 func (t *Tracer) Total() (Counts, error) {
-	c := Counts{Start: t.start, End: time.Now()}
-	stats, err := t.readStats()
-	if err != nil {
-		return c, err
-	}
-	err = t.eachAddr(func(k [16]byte, v *acceptwatchAddrStats) {
-		c.Addresses = append(c.Addresses, report.AddrStats{
-			Addr:       addrOfKey(k),
-			Accepted:   v.Accepted,
-			Handshakes: v.Handshakes,
-			First:      t.wall(v.FirstNs),
-			Last:       t.wall(v.LastNs),
-		})
-	})
-	c.fill(stats)
-	return c, err
+	return t.collect(t.start, false)
 }
 
 // Window returns what was counted since the previous Window call (or the
 // start) and begins a new window.
 func (t *Tracer) Window() (Counts, error) {
-	c := Counts{Start: t.windowStart, End: time.Now()}
-	stats, err := t.readStats()
+	c, err := t.collect(t.windowStart, true)
 	if err != nil {
 		return c, err
 	}
-	current := t.windowID
-	err = t.eachAddr(func(k [16]byte, v *acceptwatchAddrStats) {
-		p := t.prev[k]
-		if v.Accepted == p.accepted && v.Handshakes == p.handshakes {
-			return
-		}
-		first := v.WindowFirstNs
-		if v.Window != current {
-			// Touched only after the window closed below; its first time in
-			// this window is not known closer than the window's start.
-			first = 0
-		}
-		a := report.AddrStats{
-			Addr:       addrOfKey(k),
-			Accepted:   v.Accepted - p.accepted,
-			Handshakes: v.Handshakes - p.handshakes,
-			First:      t.wall(first),
-			Last:       t.wall(v.LastNs),
-		}
-		if first == 0 || a.First.Before(c.Start) {
-			a.First = c.Start
-		}
-		c.Addresses = append(c.Addresses, a)
-		t.prev[k] = prevCounts{v.Accepted, v.Handshakes}
-	})
-	if err != nil {
-		return c, err
-	}
-	var delta [acceptwatchStatSTAT_MAX]uint64
-	for i := range stats {
-		delta[i] = stats[i] - t.prevStats[i]
-	}
-	t.prevStats = stats
-	c.fill(delta)
-
 	t.windowID++
 	if t.window != nil {
 		if err := t.window.Set(t.windowID); err != nil {
@@ -97,15 +53,175 @@ func (t *Tracer) Window() (Counts, error) {
 	return c, nil
 }
 
-func (c *Counts) fill(stats [acceptwatchStatSTAT_MAX]uint64) {
-	for _, a := range c.Addresses {
-		c.TotalAccepted += a.Accepted
-		c.TotalHandshakes += a.Handshakes
+// collect reads every counter; for a window it subtracts what the previous
+// window had seen and remembers the new values.
+func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
+	c := Counts{Start: start, End: time.Now()}
+	stats, err := t.readStats()
+	if err != nil {
+		return c, err
+	}
+	err = t.eachAddr(func(k [16]byte, v *acceptwatchAddrStats) {
+		d := *v
+		first := v.FirstNs
+		if window {
+			p := t.prev[k]
+			d = subAddr(*v, p)
+			if d.Accepted+d.Handshakes+d.NotAccepted+d.SynackRetrans == 0 {
+				return
+			}
+			t.prev[k] = *v
+			first = 0
+			if v.Window == t.windowID {
+				first = v.WindowFirstNs
+			}
+		}
+		a := report.AddrStats{
+			Addr:          addrOfKey(k),
+			Accepted:      d.Accepted,
+			Handshakes:    d.Handshakes,
+			First:         t.wall(first),
+			Last:          t.wall(v.LastNs),
+			NotAccepted:   d.NotAccepted,
+			ClientGone:    d.Gone,
+			SynackRetrans: d.SynackRetrans,
+			Wait:          waitStats(d.WaitHist, v.WaitMaxNs),
+		}
+		if window && (a.First.IsZero() || a.First.Before(start)) {
+			// Touched only after the window closed below: its first time
+			// in this window is known no closer than the window's start.
+			a.First = start
+		}
+		c.Addresses = append(c.Addresses, a)
+		c.TotalAccepted += d.Accepted
+		c.TotalHandshakes += d.Handshakes
+		c.TotalNotAccepted += d.NotAccepted
+		c.TotalClientGone += d.Gone
+		c.TotalSynackRetrans += d.SynackRetrans
+	})
+	if err != nil {
+		return c, err
+	}
+	if err := t.collectPorts(&c, window); err != nil {
+		return c, err
+	}
+
+	ns, nsErr := readNetstat()
+	base := t.counters
+	if window {
+		base = t.prevCounters
+		t.prevCounters = ns
+	}
+	if nsErr == nil {
+		for i, name := range netstatNames {
+			c.KernelCounters = append(c.KernelCounters, report.KernelCounter{Name: name, Delta: ns[i] - base[i]})
+		}
+	}
+
+	if window {
+		cur := stats
+		for i := range stats {
+			stats[i] -= t.prevStats[i]
+		}
+		t.prevStats = cur
 	}
 	c.TotalAccepted += stats[acceptwatchStatSTAT_OVERFLOW_ACCEPTS]
 	c.TotalHandshakes += stats[acceptwatchStatSTAT_OVERFLOW_HANDSHAKES]
 	c.LostEvents = stats[acceptwatchStatSTAT_LOST_EVENTS]
-	c.AddressOverflow = stats[acceptwatchStatSTAT_OVERFLOW_ACCEPTS] + stats[acceptwatchStatSTAT_OVERFLOW_HANDSHAKES]
+	c.AddressOverflow = stats[acceptwatchStatSTAT_OVERFLOW_ACCEPTS] + stats[acceptwatchStatSTAT_OVERFLOW_HANDSHAKES] +
+		stats[acceptwatchStatSTAT_OVERFLOW_OTHER]
+	c.WaitsUnknown = stats[acceptwatchStatSTAT_PENDING_FULL]
+	c.PortsOverflow = stats[acceptwatchStatSTAT_PORTS_FULL]
+	return c, nsErr
+}
+
+func (t *Tracer) collectPorts(c *Counts, window bool) error {
+	var port uint32
+	var v acceptwatchPortStats
+	it := t.lports.Iterate()
+	for it.Next(&port, &v) {
+		d := v
+		if window {
+			p := t.prevPorts[uint16(port)]
+			t.prevPorts[uint16(port)] = v
+			d.Accepted -= p.Accepted
+			d.NotAccepted -= p.NotAccepted
+			d.SynackRetrans -= p.SynackRetrans
+			for i := range d.WaitHist {
+				d.WaitHist[i] -= p.WaitHist[i]
+			}
+			if d.Accepted+d.NotAccepted+d.SynackRetrans == 0 {
+				continue
+			}
+		}
+		c.Listeners = append(c.Listeners, report.PortStats{
+			Port:          uint16(port),
+			Accepted:      d.Accepted,
+			NotAccepted:   d.NotAccepted,
+			SynackRetrans: d.SynackRetrans,
+			BacklogMax:    d.BacklogMax,
+			BacklogLimit:  d.BacklogLimit,
+			Wait:          waitStats(d.WaitHist, d.WaitMaxNs),
+		})
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading port counters: %w", err)
+	}
+	slices.SortFunc(c.Listeners, func(a, b report.PortStats) int { return int(a.Port) - int(b.Port) })
+	return nil
+}
+
+func subAddr(v, p acceptwatchAddrStats) acceptwatchAddrStats {
+	v.Accepted -= p.Accepted
+	v.Handshakes -= p.Handshakes
+	v.NotAccepted -= p.NotAccepted
+	v.Gone -= p.Gone
+	v.SynackRetrans -= p.SynackRetrans
+	for i := range v.WaitHist {
+		v.WaitHist[i] -= p.WaitHist[i]
+	}
+	return v
+}
+
+// waitStats turns a log2 histogram of microseconds (bucket 0: under 1 us,
+// bucket i: [2^(i-1), 2^i) us) into count, p50, p99 and max. A percentile is
+// its bucket's upper bound, capped at the largest wait seen.
+func waitStats(hist [32]uint32, maxNs uint64) report.Wait {
+	var w report.Wait
+	for _, n := range hist {
+		w.Count += uint64(n)
+	}
+	if w.Count == 0 {
+		return w
+	}
+	top := 0
+	for i, n := range hist {
+		if n > 0 {
+			top = i
+		}
+	}
+	// maxNs is over the whole run; a window's max is no more than its top bucket.
+	w.Max = min(time.Duration(maxNs), bucketUpper(top))
+	pct := func(q float64) time.Duration {
+		target := uint64(math.Ceil(q * float64(w.Count)))
+		var cum uint64
+		for i, n := range hist {
+			cum += uint64(n)
+			if cum >= target {
+				return min(bucketUpper(i), w.Max)
+			}
+		}
+		return w.Max
+	}
+	w.P50, w.P99 = pct(0.50), pct(0.99)
+	return w
+}
+
+func bucketUpper(i int) time.Duration {
+	if i >= len(acceptwatchAddrStats{}.WaitHist)-1 {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Duration(1<<i) * time.Microsecond
 }
 
 func (t *Tracer) readStats() ([acceptwatchStatSTAT_MAX]uint64, error) {

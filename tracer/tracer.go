@@ -56,6 +56,7 @@ type Tracer struct {
 	links    []link.Link
 	reader   *ringbuf.Reader
 	addrs    *ebpf.Map
+	lports   *ebpf.Map
 	stats    *ebpf.Map
 	window   *ebpf.Variable
 	windowID uint32
@@ -63,8 +64,11 @@ type Tracer struct {
 	rec      ringbuf.Record
 
 	start, windowStart time.Time
-	prev               map[[16]byte]prevCounts
+	prev               map[[16]byte]acceptwatchAddrStats
+	prevPorts          map[uint16]acceptwatchPortStats
 	prevStats          [acceptwatchStatSTAT_MAX]uint64
+	counters           netstat // TcpExt at start
+	prevCounters       netstat
 }
 
 // Open loads the programs for the first attach mode that works and attaches
@@ -120,6 +124,10 @@ func Open(cfg Config) (*Tracer, error) {
 	return nil, fmt.Errorf("no attach mode works on this kernel (%s)", strings.Join(reasons, "; "))
 }
 
+// tcpPrograms are loaded in every mode: BTF tracepoints of the TCP stack
+// (completed handshakes, destroyed sockets, SYN-ACK retransmits).
+var tcpPrograms = []string{"aw_handshake", "aw_destroy", "aw_synack"}
+
 // ErrPrivileges is returned when the kernel refuses to load programs for a
 // process that is not root.
 var ErrPrivileges = errors.New("tracing needs CAP_BPF and CAP_PERFMON (or root): run with sudo")
@@ -150,14 +158,16 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 // openMode loads the accept program of one mode and the handshake program (no
 // other program is loaded), fills the port filter and attaches.
 func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr error) (_ *Tracer, err error) {
-	var accept string
+	var accept []string // the accept hook's programs, in attach order
 	switch mode {
 	case ModeFexit:
-		accept, err = fexitProgram()
+		var prog string
+		prog, err = fexitProgram()
+		accept = []string{prog}
 	case ModeKretprobe:
-		accept = "aw_kretprobe_acc"
+		accept = []string{"aw_kprobe_acc", "aw_kretprobe_acc"}
 	case ModeTracepoint:
-		accept = "aw_tp_accept"
+		accept = []string{"aw_tp_enter", "aw_tp_accept"}
 		err = tracefsErr
 	default:
 		return nil, fmt.Errorf("unknown attach mode %q", mode)
@@ -168,7 +178,7 @@ func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr err
 
 	spec = spec.Copy()
 	for name := range spec.Programs {
-		if name != accept && name != "aw_handshake" {
+		if !slices.Contains(accept, name) && !slices.Contains(tcpPrograms, name) {
 			delete(spec.Programs, name)
 		}
 	}
@@ -178,13 +188,15 @@ func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr err
 	}
 	mono, wall := monotonicNow()
 	t := &Tracer{
-		mode:     mode,
-		coll:     coll,
-		addrs:    coll.Maps["aw_addrs"],
-		stats:    coll.Maps["aw_stats"],
-		window:   coll.Variables["window_id"],
-		bootWall: wall.Add(-mono),
-		prev:     map[[16]byte]prevCounts{},
+		mode:      mode,
+		coll:      coll,
+		addrs:     coll.Maps["aw_addrs"],
+		lports:    coll.Maps["aw_lports"],
+		stats:     coll.Maps["aw_stats"],
+		window:    coll.Variables["window_id"],
+		bootWall:  wall.Add(-mono),
+		prev:      map[[16]byte]acceptwatchAddrStats{},
+		prevPorts: map[uint16]acceptwatchPortStats{},
 	}
 	defer func() {
 		if err != nil {
@@ -205,18 +217,23 @@ func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr err
 		}
 	}
 
-	prog := coll.Programs[accept]
+	progs := func(i int) *ebpf.Program { return coll.Programs[accept[i]] }
 	switch mode {
 	case ModeFexit:
-		err = t.attach(link.AttachTracing(link.TracingOptions{Program: prog}))
+		err = t.attach(link.AttachTracing(link.TracingOptions{Program: progs(0)}))
 	case ModeKretprobe:
-		err = t.attach(link.Kretprobe("inet_csk_accept", prog, nil))
+		if err = t.attach(link.Kprobe("inet_csk_accept", progs(0), nil)); err == nil {
+			err = t.attach(link.Kretprobe("inet_csk_accept", progs(1), nil))
+		}
 		if errors.Is(err, os.ErrNotExist) {
 			err = fmt.Errorf("kernel has no kprobe support (no kprobe PMU or kprobe_events): %w", err)
 		}
 	case ModeTracepoint:
-		for _, name := range []string{"sys_exit_accept4", "sys_exit_accept"} {
-			if err = t.attach(link.Tracepoint("syscalls", name, prog, nil)); err != nil {
+		for _, name := range []string{"accept4", "accept"} {
+			if err = t.attach(link.Tracepoint("syscalls", "sys_enter_"+name, progs(0), nil)); err != nil {
+				break
+			}
+			if err = t.attach(link.Tracepoint("syscalls", "sys_exit_"+name, progs(1), nil)); err != nil {
 				break
 			}
 		}
@@ -224,9 +241,13 @@ func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr err
 	if err != nil {
 		return nil, fmt.Errorf("attaching: %w", err)
 	}
-	if err := t.attach(link.AttachTracing(link.TracingOptions{Program: coll.Programs["aw_handshake"]})); err != nil {
-		return nil, fmt.Errorf("attaching handshake tracepoint inet_sock_set_state: %w", err)
+	for _, name := range tcpPrograms {
+		if err := t.attach(link.AttachTracing(link.TracingOptions{Program: coll.Programs[name]})); err != nil {
+			return nil, fmt.Errorf("attaching %s: %w", name, err)
+		}
 	}
+	t.counters, _ = readNetstat()
+	t.prevCounters = t.counters
 	t.start = time.Now()
 	t.windowStart = t.start
 	return t, nil
@@ -303,6 +324,12 @@ func decodeEvent(raw []byte, bootWall time.Time, ev *report.Event) error {
 		LocalPort:  e.Lport,
 		RemoteAddr: addrFrom16(e.Raddr, e.Family),
 		RemotePort: e.Rport,
+		QueueWait:  time.Duration(e.QueueWaitNs),
+		HasWait:    e.Flags&uint8(acceptwatchEventFlagsEVENT_F_WAIT) != 0,
+		Backlog:    e.Backlog,
+		BacklogMax: e.BacklogMax,
+		HasBacklog: e.Flags&uint8(acceptwatchEventFlagsEVENT_F_BACKLOG) != 0,
+		ClientGone: e.Flags&uint8(acceptwatchEventFlagsEVENT_F_GONE) != 0,
 	}
 	return nil
 }

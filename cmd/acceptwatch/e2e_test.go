@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -93,6 +94,9 @@ type proc struct {
 	stderr bytes.Buffer
 	mode   string
 	ids    objIDs // BPF programs and maps that appeared while it ran
+
+	done    chan struct{} // closed when the process has exited
+	waitErr error
 }
 
 // start runs acceptwatch with args (plus --attach and a ready file) and
@@ -109,35 +113,32 @@ func start(t *testing.T, args ...string) *proc {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if p.cmd.ProcessState == nil {
-			p.cmd.Process.Kill()
-			p.cmd.Wait()
-		}
-	})
-	exited := make(chan struct{})
+	p.done = make(chan struct{})
 	go func() {
-		// Only to notice an early exit; Wait is called by stop.
-		for p.cmd.ProcessState == nil {
-			if err := p.cmd.Process.Signal(syscall.Signal(0)); err != nil {
-				break
-			}
-			if _, err := os.Stat(ready); err == nil {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		close(exited)
+		p.waitErr = p.cmd.Wait()
+		close(p.done)
 	}()
-	select {
-	case <-exited:
-	case <-time.After(startTimeout):
-		t.Fatalf("acceptwatch did not start within %v; stderr:\n%s", startTimeout, p.stderr.String())
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+	})
+	deadline := time.Now().Add(startTimeout)
+	for {
+		if _, err := os.Stat(ready); err == nil {
+			break
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("acceptwatch exited before tracing: %v\nstderr: %s", p.waitErr, p.stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("acceptwatch did not start within %v; stderr:\n%s", startTimeout, p.stderr.String())
+		}
 	}
 	b, err := os.ReadFile(ready)
 	if err != nil {
-		p.cmd.Wait()
-		t.Fatalf("acceptwatch exited before tracing: %v\nstderr: %s", p.cmd.ProcessState, p.stderr.String())
+		t.Fatal(err)
 	}
 	p.mode = strings.TrimSpace(string(b))
 	if want := attachMode(); want != "auto" && p.mode != want {
@@ -159,12 +160,10 @@ func (p *proc) stop(sig os.Signal) {
 			p.t.Fatal(err)
 		}
 	}
-	done := make(chan error, 1)
-	go func() { done <- p.cmd.Wait() }()
 	select {
-	case err := <-done:
-		if err != nil {
-			p.t.Fatalf("acceptwatch: %v\nstderr: %s", err, p.stderr.String())
+	case <-p.done:
+		if p.waitErr != nil {
+			p.t.Fatalf("acceptwatch: %v\nstderr: %s", p.waitErr, p.stderr.String())
 		}
 	case <-time.After(startTimeout):
 		p.cmd.Process.Kill()
@@ -512,8 +511,16 @@ func TestTraceText(t *testing.T) {
 			break
 		}
 		f := strings.Fields(l)
-		if len(f) != 8 {
+		if len(f) != 10 {
 			t.Fatalf("live line with %d fields: %q", len(f), l)
+		}
+		// WAIT: the handshake was seen, so the queue wait is known; BL:
+		// the listener was seen, so its queue is known.
+		if _, err := time.ParseDuration(strings.Replace(f[8], "µs", "us", 1)); err != nil {
+			t.Errorf("WAIT %q is not a duration: %q", f[8], l)
+		}
+		if !regexp.MustCompile(`^[0-9]+/[0-9]+$`).MatchString(f[9]) {
+			t.Errorf("BL %q is not queued/limit: %q", f[9], l)
 		}
 		if f[5] != port {
 			t.Errorf("live line on port %s: %q", f[5], l)
@@ -543,7 +550,7 @@ func TestTraceText(t *testing.T) {
 			t.Errorf("summary lacks %q:\n%s", frag, out)
 		}
 	}
-	if !containsFields(out, "TOTAL", strconv.Itoa(total), strconv.Itoa(total)) {
+	if !containsFields(out, "TOTAL", strconv.Itoa(total), strconv.Itoa(total), "0", "0", "0") {
 		t.Errorf("no TOTAL %d %d line:\n%s", total, total, out)
 	}
 	if strings.Contains(out, unwatchedSrc) {

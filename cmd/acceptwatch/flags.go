@@ -15,21 +15,23 @@ import (
 
 // options holds every command-line flag.
 type options struct {
-	ports        []string
-	pid          uint32
-	ipv4, ipv6   bool
-	duration     time.Duration
-	interval     time.Duration
-	count        uint64
-	top          int
-	quiet        bool
-	output       string
-	attach       string
-	maxAddresses uint32
-	verbose      bool
-	version      bool
-	help         bool
-	readyFile    string // test hook: written once tracing has started
+	ports             []string
+	pid               uint32
+	ipv4, ipv6        bool
+	duration          time.Duration
+	interval          time.Duration
+	count             uint64
+	top               int
+	quiet             bool
+	output            string
+	attach            string
+	maxAddresses      uint32
+	verbose           bool
+	version           bool
+	help              bool
+	waitThreshold     time.Duration
+	halfOpenThreshold uint64
+	readyFile         string // test hook: written once tracing has started
 
 	portList  []uint16 // parsed from ports
 	portNames []string // normalised, for display
@@ -68,6 +70,8 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.StringVarP(&o.output, "output", "o", "text", "output `format`: text or json")
 	fs.StringVar(&o.attach, "attach", tracer.ModeAuto, "accept hook: auto, fexit, kretprobe or tracepoint")
 	fs.Uint32Var(&o.maxAddresses, "max-addresses", tracer.DefaultMaxAddresses, "capacity of the kernel's per-address counters")
+	fs.DurationVar(&o.waitThreshold, "wait-threshold", 100*time.Millisecond, "report a finding when a port's queue wait p99 is above this")
+	fs.Uint64Var(&o.halfOpenThreshold, "half-open-threshold", 10, "report a finding for an address with this many SYN-ACK retransmits")
 	fs.BoolVarP(&o.verbose, "verbose", "v", false, "say which attach modes were tried and why each failed")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help")
@@ -142,7 +146,7 @@ func (o *options) validate() error {
 	if o.top < 0 {
 		return usagef("invalid --top %d: must be 0 or more", o.top)
 	}
-	if o.duration < 0 || o.interval < 0 {
+	if o.duration < 0 || o.interval < 0 || o.waitThreshold < 0 {
 		return usagef("durations must not be negative")
 	}
 	if o.maxAddresses == 0 {

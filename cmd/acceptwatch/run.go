@@ -161,17 +161,29 @@ func (l *loop) summary(final bool) error {
 		return err
 	}
 	s := report.Summary{
-		Start:           c.Start,
-		End:             c.End,
-		AttachMode:      l.t.Mode(),
-		Ports:           l.o.portNames,
-		Addresses:       c.Addresses,
-		TotalAccepted:   c.TotalAccepted,
-		TotalHandshakes: c.TotalHandshakes,
-		LostEvents:      c.LostEvents,
-		AddressOverflow: c.AddressOverflow,
-		MaxAddresses:    l.o.maxAddresses,
-		Final:           final,
+		Start:              c.Start,
+		End:                c.End,
+		AttachMode:         l.t.Mode(),
+		Ports:              l.o.portNames,
+		Addresses:          c.Addresses,
+		TotalAccepted:      c.TotalAccepted,
+		TotalHandshakes:    c.TotalHandshakes,
+		LostEvents:         c.LostEvents,
+		AddressOverflow:    c.AddressOverflow,
+		MaxAddresses:       l.o.maxAddresses,
+		Final:              final,
+		TotalNotAccepted:   c.TotalNotAccepted,
+		TotalClientGone:    c.TotalClientGone,
+		TotalSynackRetrans: c.TotalSynackRetrans,
+		Listeners:          c.Listeners,
+		KernelCounters:     c.KernelCounters,
+	}
+	s.Findings = report.Findings(s, report.Thresholds{Wait: l.o.waitThreshold, HalfOpen: l.o.halfOpenThreshold})
+	if c.WaitsUnknown > 0 {
+		s.Findings = append(s.Findings, fmt.Sprintf("%d queue waits unknown: too many connections waiting at once", c.WaitsUnknown))
+	}
+	if c.PortsOverflow > 0 {
+		s.Findings = append(s.Findings, fmt.Sprintf("%d events not counted per port: too many listening ports", c.PortsOverflow))
 	}
 	if err := l.w.Summary(s); err != nil {
 		return err
