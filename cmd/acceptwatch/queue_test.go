@@ -1,0 +1,371 @@
+package main
+
+// Accept-queue tests: real listeners driven into the situations the summary
+// reports (slow accept, never accepted, client gone, overflow), in whatever
+// attach mode the run uses.
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+)
+
+// rawListener listens on 127.0.0.1 with the given backlog, with a blocking
+// descriptor that the test accepts from only when it decides to.
+func rawListener(t *testing.T, backlog int) (fd, port int) {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			syscall.Close(fd)
+		}
+	})
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, backlog); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd, sa.(*syscall.SockaddrInet4).Port
+}
+
+// connectN opens n connections from src and keeps them open.
+func connectN(t *testing.T, src string, port, n int) []*net.TCPConn {
+	t.Helper()
+	var conns []*net.TCPConn
+	for i := 0; i < n; i++ {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 10 * time.Second}
+		c, err := d.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			t.Fatalf("dial %s -> :%d: %v", src, port, err)
+		}
+		conns = append(conns, c.(*net.TCPConn))
+	}
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return conns
+}
+
+func acceptN(t *testing.T, fd, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		nfd, _, err := syscall.Accept(fd)
+		if err != nil {
+			t.Fatalf("accept: %v", err)
+		}
+		syscall.Close(nfd)
+	}
+}
+
+type queueEvent struct {
+	jsonEvent
+	QueueWaitUs *int64  `json:"queue_wait_us"`
+	Backlog     *uint32 `json:"backlog"`
+	BacklogMax  *uint32 `json:"backlog_max"`
+	ClientGone  bool    `json:"client_gone"`
+}
+
+type queueSummary struct {
+	Final              bool              `json:"final"`
+	TotalAccepted      uint64            `json:"total_accepted"`
+	TotalHandshakes    uint64            `json:"total_handshakes"`
+	TotalNotAccepted   uint64            `json:"total_not_accepted"`
+	TotalClientGone    uint64            `json:"total_client_gone"`
+	TotalSynackRetrans uint64            `json:"total_synack_retrans"`
+	KernelCounters     map[string]uint64 `json:"kernel_counters"`
+	Findings           []string          `json:"findings"`
+	Listeners          []struct {
+		Port         int    `json:"port"`
+		Accepted     uint64 `json:"accepted"`
+		NotAccepted  uint64 `json:"not_accepted"`
+		BacklogMax   uint32 `json:"backlog_max"`
+		BacklogLimit uint32 `json:"backlog_limit"`
+		QueueWait    struct {
+			Count uint64 `json:"count"`
+			P50   *int64 `json:"p50_us"`
+			P99   *int64 `json:"p99_us"`
+			Max   *int64 `json:"max_us"`
+		} `json:"queue_wait"`
+	} `json:"listeners"`
+	Addresses []struct {
+		Addr          string `json:"addr"`
+		Accepted      uint64 `json:"accepted"`
+		Handshakes    uint64 `json:"handshakes"`
+		NotAccepted   uint64 `json:"not_accepted"`
+		ClientGone    uint64 `json:"client_gone"`
+		SynackRetrans uint64 `json:"synack_retrans"`
+	} `json:"addresses"`
+}
+
+func parseQueue(t *testing.T, out string) (events []queueEvent, final queueSummary) {
+	t.Helper()
+	found := false
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if line == "" {
+			continue
+		}
+		var probe struct{ Type string }
+		if err := json.Unmarshal([]byte(line), &probe); err != nil {
+			t.Fatalf("bad JSON %q: %v", line, err)
+		}
+		switch probe.Type {
+		case "accept":
+			var e queueEvent
+			if err := json.Unmarshal([]byte(line), &e); err != nil {
+				t.Fatal(err)
+			}
+			events = append(events, e)
+		case "summary":
+			if err := json.Unmarshal([]byte(line), &final); err != nil {
+				t.Fatal(err)
+			}
+			found = final.Final
+		}
+	}
+	if !found {
+		t.Fatalf("no final summary in:\n%s", out)
+	}
+	return events, final
+}
+
+// TestQueueWait: connections wait in the queue while the server sleeps; the
+// measured wait and backlog must match.
+func TestQueueWait(t *testing.T) {
+	fd, port := rawListener(t, 64)
+	p := start(t, "-port", strconv.Itoa(port), "-o", "json")
+	const n = 3
+	const sleep = 400 * time.Millisecond
+	connectN(t, "127.0.0.7", port, n)
+	time.Sleep(sleep)
+	acceptN(t, fd, n)
+	p.stop(os.Interrupt)
+
+	events, s := parseQueue(t, p.stdout.String())
+	if len(events) != n {
+		t.Fatalf("%d events, want %d", len(events), n)
+	}
+	// Generous upper bound: QEMU's software emulation is slow.
+	for i, e := range events {
+		if e.QueueWaitUs == nil {
+			t.Fatalf("event %d has no queue wait: %+v", i, e)
+		}
+		wait := time.Duration(*e.QueueWaitUs) * time.Microsecond
+		if wait < sleep-20*time.Millisecond || wait > sleep+3*time.Second {
+			t.Errorf("event %d: queue wait %v, want about %v", i, wait, sleep)
+		}
+		if e.Backlog == nil || e.BacklogMax == nil {
+			t.Fatalf("event %d has no backlog: %+v", i, e)
+		}
+		// All n were queued; each accept takes one.
+		if *e.Backlog != uint32(n-i) || *e.BacklogMax != 64 {
+			t.Errorf("event %d: backlog %d/%d, want %d/64", i, *e.Backlog, *e.BacklogMax, n-i)
+		}
+	}
+	if len(s.Listeners) != 1 {
+		t.Fatalf("listeners %+v, want one", s.Listeners)
+	}
+	l := s.Listeners[0]
+	if l.Port != port || l.Accepted != n || l.BacklogMax != n || l.BacklogLimit != 64 || l.QueueWait.Count != n {
+		t.Errorf("port stats %+v, want port %d, %d accepted, backlog %d/64", l, port, n, n)
+	}
+	// p99 is a log2 bucket bound capped at the max: within [max/2, max].
+	if l.QueueWait.P99 == nil || l.QueueWait.Max == nil || *l.QueueWait.P99 > *l.QueueWait.Max ||
+		*l.QueueWait.P99 < *l.QueueWait.Max/2 || time.Duration(*l.QueueWait.Max)*time.Microsecond < sleep-20*time.Millisecond {
+		t.Errorf("port queue wait %+v, want p99 and max about %v", l.QueueWait, sleep)
+	}
+	if !hasFinding(s, "queue wait p99") {
+		t.Errorf("no queue-wait finding for a %v wait (threshold 100ms): %q", sleep, s.Findings)
+	}
+}
+
+// TestNotAccepted: the listener closes with completed handshakes queued.
+func TestNotAccepted(t *testing.T) {
+	fd, port := rawListener(t, 64)
+	p := start(t, "-port", strconv.Itoa(port), "-o", "json")
+	const n = 3
+	connectN(t, "127.0.0.8", port, n)
+	time.Sleep(100 * time.Millisecond)
+	syscall.Close(fd) // the queued connections are never accepted
+	time.Sleep(200 * time.Millisecond)
+	p.stop(os.Interrupt)
+
+	_, s := parseQueue(t, p.stdout.String())
+	if s.TotalAccepted != 0 || s.TotalHandshakes != n || s.TotalNotAccepted != n {
+		t.Errorf("accepted %d handshakes %d not_accepted %d, want 0, %d, %d",
+			s.TotalAccepted, s.TotalHandshakes, s.TotalNotAccepted, n, n)
+	}
+	if len(s.Addresses) != 1 || s.Addresses[0].Addr != "127.0.0.8" || s.Addresses[0].NotAccepted != n {
+		t.Errorf("addresses %+v, want 127.0.0.8 with %d not accepted", s.Addresses, n)
+	}
+	if !hasFinding(s, "closed before any accept()") {
+		t.Errorf("no never-accepted finding: %q", s.Findings)
+	}
+}
+
+// TestClientGone: clients reset (or close) while queued, then the server
+// accepts them: each accept is flagged.
+func TestClientGone(t *testing.T) {
+	fd, port := rawListener(t, 64)
+	p := start(t, "-port", strconv.Itoa(port), "-o", "json")
+	conns := connectN(t, "127.0.0.10", port, 3)
+	conns[0].SetLinger(0) // RST
+	conns[0].Close()
+	conns[1].Close() // FIN: the server side goes CLOSE_WAIT
+	time.Sleep(200 * time.Millisecond)
+	acceptN(t, fd, 3)
+	p.stop(os.Interrupt)
+
+	events, s := parseQueue(t, p.stdout.String())
+	gone := 0
+	for _, e := range events {
+		if e.ClientGone {
+			gone++
+		}
+		if e.LocalPort != port {
+			t.Errorf("event local port %d, want %d (taken from the listener)", e.LocalPort, port)
+		}
+	}
+	if len(events) != 3 || gone != 2 || s.TotalClientGone != 2 || s.TotalAccepted != 3 {
+		t.Errorf("%d events, %d flagged, summary client_gone %d accepted %d; want 3, 2, 2, 3",
+			len(events), gone, s.TotalClientGone, s.TotalAccepted)
+	}
+}
+
+// TestBacklogOverflow: a listener with backlog 1 and no accept() is flooded
+// until the kernel drops handshakes; then it accepts what was queued.
+func TestBacklogOverflow(t *testing.T) {
+	fd, port := rawListener(t, 1)
+	p := start(t, "-port", strconv.Itoa(port), "-o", "json")
+	// Non-blocking connects: the client side completes even when the
+	// server drops the final ACK because its queue is full.
+	var fds []int
+	for i := 0; i < 8; i++ {
+		c, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fds = append(fds, c)
+		err = syscall.Connect(c, &syscall.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
+		if err != nil && err != syscall.EINPROGRESS {
+			t.Fatal(err)
+		}
+	}
+	defer func() {
+		for _, c := range fds {
+			syscall.Close(c)
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	// backlog 1 holds two connections (the kernel's full test is >).
+	acceptN(t, fd, 2)
+	p.stop(os.Interrupt)
+
+	_, s := parseQueue(t, p.stdout.String())
+	if s.KernelCounters["ListenOverflows"] == 0 {
+		t.Errorf("ListenOverflows did not move: %v", s.KernelCounters)
+	}
+	if len(s.Listeners) != 1 || s.Listeners[0].BacklogMax != 2 || s.Listeners[0].BacklogLimit != 1 {
+		t.Errorf("listeners %+v, want backlog max 2 of limit 1", s.Listeners)
+	}
+	if !hasFinding(s, "overflowed") || !hasFinding(s, "reached its limit") {
+		t.Errorf("findings %q lack the overflow", s.Findings)
+	}
+}
+
+func hasFinding(s queueSummary, frag string) bool {
+	for _, f := range s.Findings {
+		if strings.Contains(f, frag) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestHalfOpen: a client whose SYN-ACKs are dropped (an XDP program on lo
+// drops SYN-ACKs to 127.0.0.11) leaves the handshake half-open; the
+// listener's SYN-ACK retransmits are counted against that address.
+func TestHalfOpen(t *testing.T) {
+	requireRoot(t)
+	dropSynAcksTo(t, [4]byte{127, 0, 0, 11})
+	ln := listen(t)
+	p := start(t, "-port", strconv.Itoa(ln.port), "-o", "json", "--half-open-threshold", "1")
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.11")}, Timeout: 2500 * time.Millisecond}
+	if c, err := d.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(ln.port))); err == nil {
+		c.Close()
+		t.Fatal("handshake completed although SYN-ACKs are dropped")
+	}
+	p.stop(os.Interrupt)
+
+	_, s := parseQueue(t, p.stdout.String())
+	if len(s.Addresses) != 1 || s.Addresses[0].Addr != "127.0.0.11" || s.Addresses[0].SynackRetrans == 0 ||
+		s.Addresses[0].Handshakes != 0 || s.Addresses[0].Accepted != 0 {
+		t.Fatalf("addresses %+v, want 127.0.0.11 with SYN-ACK retransmits only", s.Addresses)
+	}
+	if !hasFinding(s, "127.0.0.11: ") {
+		t.Errorf("no half-open finding for 127.0.0.11: %q", s.Findings)
+	}
+}
+
+// dropSynAcksTo attaches to lo an XDP program that drops IPv4 TCP segments
+// with SYN and ACK set to dst. Kernels that allow only tracepoints refuse it.
+func dropSynAcksTo(t *testing.T, dst [4]byte) {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:    ebpf.XDP,
+		License: "GPL",
+		Instructions: asm.Instructions{
+			asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // data
+			asm.LoadMem(asm.R3, asm.R1, 4, asm.Word), // data_end
+			asm.Mov.Reg(asm.R4, asm.R2),
+			asm.Add.Imm(asm.R4, 14+20+20),
+			asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+			asm.LoadMem(asm.R5, asm.R2, 12, asm.Half), // ethertype
+			asm.JNE.Imm(asm.R5, 0x0008, "pass"),       // htons(ETH_P_IP)
+			asm.LoadMem(asm.R5, asm.R2, 14+9, asm.Byte),
+			asm.JNE.Imm(asm.R5, 6, "pass"), // TCP
+			asm.LoadMem(asm.R5, asm.R2, 14+16, asm.Word),
+			asm.JNE.Imm(asm.R5, int32(binary.LittleEndian.Uint32(dst[:])), "pass"),
+			asm.LoadMem(asm.R5, asm.R2, 14+20+13, asm.Byte), // TCP flags (no IP options on lo)
+			asm.And.Imm(asm.R5, 0x12),
+			asm.JNE.Imm(asm.R5, 0x12, "pass"),
+			asm.Mov.Imm(asm.R0, 1), // XDP_DROP
+			asm.Return(),
+			asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
+			asm.Return(),
+		},
+	})
+	if err == nil {
+		var l link.Link
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: 1, Flags: link.XDPGenericMode})
+		if err == nil {
+			t.Cleanup(func() { l.Close(); prog.Close() })
+			return
+		}
+		prog.Close()
+	}
+	if os.Getenv("ACCEPTWATCH_NO_SKIP") == "1" {
+		t.Fatalf("dropping SYN-ACKs with XDP on lo: %v", err)
+	}
+	t.Skipf("needs XDP on lo to drop SYN-ACKs, which this kernel refuses: %v", err)
+}
