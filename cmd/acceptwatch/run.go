@@ -65,7 +65,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stderr, "acceptwatch: tracing accepts on %s with %s (handshakes: sock:inet_sock_set_state); Ctrl-C to end\n", ports, t.Mode())
 	if o.readyFile != "" {
-		if err := os.WriteFile(o.readyFile, []byte(t.Mode()+"\n"), 0o644); err != nil {
+		// Write then rename, so a waiter never sees an empty file.
+		tmp := o.readyFile + ".tmp"
+		if err := os.WriteFile(tmp, []byte(t.Mode()+"\n"), 0o644); err != nil {
+			return fmt.Errorf("writing ready file: %w", err)
+		}
+		if err := os.Rename(tmp, o.readyFile); err != nil {
 			return fmt.Errorf("writing ready file: %w", err)
 		}
 	}
