@@ -401,8 +401,10 @@ int BPF_KRETPROBE(aw_kretprobe_acc, struct sock *ret)
 	return 0;
 }
 
-/* The socket behind a file descriptor of the current process:
- * current->files->fdt->fd[fd]->private_data (struct socket)->sk. */
+/* The TCP socket behind a file descriptor of the current process:
+ * current->files->fdt->fd[fd]->private_data (struct socket)->sk, or for an
+ * MPTCP socket its first subflow, which holds the accept queue and the
+ * addresses (an MPTCP listener's own counters stay zero). */
 static __always_inline struct sock *fd_sock(long fd)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -415,8 +417,12 @@ static __always_inline struct sock *fd_sock(long fd)
 	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
 		return NULL;
 	struct socket *sock = BPF_CORE_READ(file, private_data);
+	struct sock *sk = sock ? BPF_CORE_READ(sock, sk) : NULL;
 
-	return sock ? BPF_CORE_READ(sock, sk) : NULL;
+	if (sk && BPF_CORE_READ(sk, sk_protocol) == IPPROTO_MPTCP &&
+	    bpf_core_field_exists(((struct mptcp_sock *)0)->first))
+		sk = BPF_CORE_READ((struct mptcp_sock *)sk, first);
+	return sk;
 }
 
 /* Tracepoint mode, for kernels that allow only tracepoints: the listening

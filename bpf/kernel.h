@@ -14,6 +14,7 @@ typedef _Bool bool;
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define IPPROTO_MPTCP 262
 
 /* enum tcp_state values are ABI (they appear in tracepoint output). */
 #define TCP_ESTABLISHED 1
@@ -51,6 +52,12 @@ struct sock {
 struct inet_sock {
 	struct sock sk;
 	__be16 inet_sport;
+};
+
+/* An MPTCP socket: TCP work (listening, the handshake) happens on its first
+ * subflow. Go listens with MPTCP by default since 1.24. */
+struct mptcp_sock {
+	struct sock *first;
 };
 
 struct socket {

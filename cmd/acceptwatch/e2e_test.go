@@ -519,8 +519,10 @@ func TestTraceText(t *testing.T) {
 		if _, err := time.ParseDuration(strings.Replace(f[8], "µs", "us", 1)); err != nil {
 			t.Errorf("WAIT %q is not a duration: %q", f[8], l)
 		}
-		if !regexp.MustCompile(`^[0-9]+/[0-9]+$`).MatchString(f[9]) {
-			t.Errorf("BL %q is not queued/limit: %q", f[9], l)
+		// Go listens with MPTCP where it can: the limit must still be the
+		// listen() backlog, read from the TCP subflow.
+		if !regexp.MustCompile(`^[0-9]+/`+strconv.Itoa(goBacklog(t))+`$`).MatchString(f[9]) {
+			t.Errorf("BL %q is not queued/%d: %q", f[9], goBacklog(t), l)
 		}
 		if f[5] != port {
 			t.Errorf("live line on port %s: %q", f[5], l)
@@ -870,4 +872,54 @@ func TestErrors(t *testing.T) {
 			}
 		}
 	})
+}
+
+// goBacklog is the backlog Go's net.Listen passes to listen(): somaxconn.
+func goBacklog(t *testing.T) int {
+	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return min(n, 65535)
+}
+
+// TestMPTCP: an MPTCP client of an MPTCP listener (Go's default listener) is
+// traced like a TCP one: the accept, the handshake and the listener's queue.
+func TestMPTCP(t *testing.T) {
+	watched := listen(t)
+	p := start(t, "-port", strconv.Itoa(watched.port), "-o", "json")
+	for i := 0; i < 2; i++ {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.12")}, Timeout: 10 * time.Second}
+		d.SetMultipathTCP(true)
+		c, err := d.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(watched.port)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, c)
+		c.Close()
+	}
+	watched.waitAccepted(t, 2)
+	p.stop(os.Interrupt)
+	events, sums := parseJSON(t, p.stdout.String())
+	acc, hs := summaryCounts(finalSummary(t, sums))
+	want := map[string]uint64{"127.0.0.12": 2}
+	if !mapsEqual(acc, want) || !mapsEqual(hs, want) || len(events) != 2 {
+		t.Errorf("%d events, accepted %v, handshakes %v; want 2 events and %v", len(events), acc, hs, want)
+	}
+	var raw []map[string]any
+	for _, line := range strings.Split(p.stdout.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["type"] == "accept" {
+			raw = append(raw, m)
+		}
+	}
+	for _, m := range raw {
+		if m["backlog_max"] != float64(goBacklog(t)) || m["queue_wait_us"] == nil {
+			t.Errorf("MPTCP accept without the listener's queue or the wait: %v", m)
+		}
+	}
 }
