@@ -6,7 +6,6 @@ package main
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"net"
 	"os"
 	"strconv"
@@ -78,75 +77,10 @@ func acceptN(t *testing.T, fd, n int) {
 	}
 }
 
-type queueEvent struct {
-	jsonEvent
-	QueueWaitUs *int64  `json:"queue_wait_us"`
-	Backlog     *uint32 `json:"backlog"`
-	BacklogMax  *uint32 `json:"backlog_max"`
-	ClientGone  bool    `json:"client_gone"`
-}
-
-type queueSummary struct {
-	Final              bool              `json:"final"`
-	TotalAccepted      uint64            `json:"total_accepted"`
-	TotalHandshakes    uint64            `json:"total_handshakes"`
-	TotalNotAccepted   uint64            `json:"total_not_accepted"`
-	TotalClientGone    uint64            `json:"total_client_gone"`
-	TotalSynackRetrans uint64            `json:"total_synack_retrans"`
-	KernelCounters     map[string]uint64 `json:"kernel_counters"`
-	Findings           []string          `json:"findings"`
-	Listeners          []struct {
-		Port         int    `json:"port"`
-		Accepted     uint64 `json:"accepted"`
-		NotAccepted  uint64 `json:"not_accepted"`
-		BacklogMax   uint32 `json:"backlog_max"`
-		BacklogLimit uint32 `json:"backlog_limit"`
-		QueueWait    struct {
-			Count uint64 `json:"count"`
-			P50   *int64 `json:"p50_us"`
-			P99   *int64 `json:"p99_us"`
-			Max   *int64 `json:"max_us"`
-		} `json:"queue_wait"`
-	} `json:"listeners"`
-	Addresses []struct {
-		Addr          string `json:"addr"`
-		Accepted      uint64 `json:"accepted"`
-		Handshakes    uint64 `json:"handshakes"`
-		NotAccepted   uint64 `json:"not_accepted"`
-		ClientGone    uint64 `json:"client_gone"`
-		SynackRetrans uint64 `json:"synack_retrans"`
-	} `json:"addresses"`
-}
-
-func parseQueue(t *testing.T, out string) (events []queueEvent, final queueSummary) {
+func parseQueue(t *testing.T, out string) ([]jsonEvent, jsonSummary) {
 	t.Helper()
-	found := false
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		if line == "" {
-			continue
-		}
-		var probe struct{ Type string }
-		if err := json.Unmarshal([]byte(line), &probe); err != nil {
-			t.Fatalf("bad JSON %q: %v", line, err)
-		}
-		switch probe.Type {
-		case "accept":
-			var e queueEvent
-			if err := json.Unmarshal([]byte(line), &e); err != nil {
-				t.Fatal(err)
-			}
-			events = append(events, e)
-		case "summary":
-			if err := json.Unmarshal([]byte(line), &final); err != nil {
-				t.Fatal(err)
-			}
-			found = final.Final
-		}
-	}
-	if !found {
-		t.Fatalf("no final summary in:\n%s", out)
-	}
-	return events, final
+	events, sums := parseJSON(t, out)
+	return events, finalSummary(t, sums)
 }
 
 // TestQueueWait: connections wait in the queue while the server sleeps; the
@@ -293,7 +227,7 @@ func TestBacklogOverflow(t *testing.T) {
 	}
 }
 
-func hasFinding(s queueSummary, frag string) bool {
+func hasFinding(s jsonSummary, frag string) bool {
 	for _, f := range s.Findings {
 		if strings.Contains(f, frag) {
 			return true
