@@ -172,7 +172,7 @@ static __always_inline void max_u64(__u64 *dst, __u64 v)
 
 /* What one event adds to an address's or a port's counters. */
 struct delta {
-	bool accepted, handshake, not_accepted, gone, synack, has_wait, has_backlog;
+	bool accepted, handshake, not_accepted, gone, synack, syn, has_wait, has_backlog;
 	__u64 wait_ns;
 	__u32 backlog, backlog_limit;
 };
@@ -214,6 +214,8 @@ static __always_inline void count_addr(struct addr_key *key, struct delta *d)
 		__sync_fetch_and_add(&st->gone, 1);
 	if (d->synack)
 		__sync_fetch_and_add(&st->synack_retrans, 1);
+	if (d->syn)
+		__sync_fetch_and_add(&st->syns, 1);
 	if (d->has_wait) {
 		__u32 b = wait_bucket(d->wait_ns) & (WAIT_BUCKETS - 1);
 
@@ -248,6 +250,8 @@ static __always_inline void count_port(__u16 lport, struct delta *d)
 		__sync_fetch_and_add(&ps->not_accepted, 1);
 	if (d->synack)
 		__sync_fetch_and_add(&ps->synack_retrans, 1);
+	if (d->syn)
+		__sync_fetch_and_add(&ps->syns, 1);
 	if (d->has_wait) {
 		__u32 b = wait_bucket(d->wait_ns) & (WAIT_BUCKETS - 1);
 
@@ -515,5 +519,58 @@ int BPF_PROG(aw_synack, struct sock *lsk, struct sock *req)
 
 	count_addr(&key, &d);
 	count_port(lport, &d);
+	return 0;
+}
+
+/* A SYN reaches a listener: tcp_conn_request(rsk_ops, af_ops, sk, skb) runs
+ * for every SYN a listening socket handles, before it may drop it (full
+ * queues). The client's address is the source of the IP header. No
+ * tracepoint shows this, so only the fexit and kretprobe modes count SYNs. */
+static __always_inline void count_syn(struct sock *lsk, struct sk_buff *skb)
+{
+	__u16 lport = BPF_CORE_READ(lsk, __sk_common.skc_num);
+
+	if (!port_watched(lport))
+		return;
+	unsigned char *ip = BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header);
+	__be16 proto = BPF_CORE_READ(skb, protocol);
+	struct addr_key key = {};
+	__u8 fam = 4;
+
+	if (proto == bpf_htons(0x0800)) {
+		key.addr[10] = key.addr[11] = 0xff;
+		if (bpf_probe_read_kernel(&key.addr[12], 4, ip + 12))
+			return;
+	} else if (proto == bpf_htons(0x86DD)) {
+		if (bpf_probe_read_kernel(key.addr, 16, ip + 8))
+			return;
+		__u64 hi;
+		__u32 mid;
+		__builtin_memcpy(&hi, key.addr, 8);
+		__builtin_memcpy(&mid, &key.addr[8], 4);
+		if (hi != 0 || mid != bpf_htonl(0x0000ffff))
+			fam = 6;
+	} else {
+		return;
+	}
+	if (target_family && fam != target_family)
+		return;
+	struct delta d = { .syn = true };
+
+	count_addr(&key, &d);
+	count_port(lport, &d);
+}
+
+SEC("fentry/tcp_conn_request")
+int BPF_PROG(aw_fentry_syn, void *rsk_ops, void *af_ops, struct sock *sk, struct sk_buff *skb)
+{
+	count_syn(sk, skb);
+	return 0;
+}
+
+SEC("kprobe/tcp_conn_request")
+int BPF_KPROBE(aw_kprobe_syn, void *rsk_ops, void *af_ops, struct sock *sk, struct sk_buff *skb)
+{
+	count_syn(sk, skb);
 	return 0;
 }

@@ -50,6 +50,7 @@ struct addr_stats {
 	__u64 not_accepted;   /* handshake done, socket gone without accept() */
 	__u64 gone;           /* accepted after the client closed or reset */
 	__u64 synack_retrans; /* SYN-ACKs resent: handshake not completed */
+	__u64 syns;           /* SYNs that reached the listener (fexit, kretprobe modes) */
 	__u64 wait_max_ns;
 	__u32 wait_hist[WAIT_BUCKETS];
 	__u32 window;
@@ -61,6 +62,7 @@ struct port_stats {
 	__u64 accepted;
 	__u64 not_accepted;
 	__u64 synack_retrans;
+	__u64 syns;
 	__u64 wait_max_ns;
 	__u32 backlog_max; /* most connections queued at one accept */
 	__u32 backlog_limit;

@@ -60,6 +60,12 @@ struct mptcp_sock {
 	struct sock *first;
 };
 
+struct sk_buff {
+	unsigned char *head;
+	__u16 network_header;
+	__be16 protocol;
+};
+
 struct socket {
 	struct sock *sk;
 };

@@ -65,7 +65,7 @@ func sampleSummary(final bool) Summary {
 			{Addr: netip.MustParseAddr("192.168.1.7"), Accepted: 12, Handshakes: 12, First: at(1), Last: at(9),
 				Wait: Wait{Count: 12, P50: 512 * time.Microsecond, P99: 2048 * time.Microsecond, Max: 1900 * time.Microsecond}},
 			{Addr: netip.MustParseAddr("::ffff:203.0.113.9"), Accepted: 3, Handshakes: 5, First: at(3), Last: at(8),
-				NotAccepted: 2, ClientGone: 1, SynackRetrans: 7, Wait: Wait{Count: 3, P50: time.Second, P99: 4 * time.Second, Max: 2500 * time.Millisecond}},
+				NotAccepted: 2, ClientGone: 1, SynackRetrans: 7, Syns: 12, Wait: Wait{Count: 3, P50: time.Second, P99: 4 * time.Second, Max: 2500 * time.Millisecond}},
 			{Addr: netip.MustParseAddr("198.51.100.1"), Accepted: 0, Handshakes: 2}, // handshakes only, times unknown
 		},
 		TotalAccepted:      17,
@@ -74,6 +74,8 @@ func sampleSummary(final bool) Summary {
 		AddressOverflow:    1,
 		MaxAddresses:       10240,
 		Final:              final,
+		SynsCounted:        final, // both layouts: with and without a SYNS column
+		TotalSyns:          25,
 		TotalNotAccepted:   2,
 		TotalClientGone:    1,
 		TotalSynackRetrans: 7,

@@ -50,6 +50,7 @@ type jsonPort struct {
 	Accepted      uint64   `json:"accepted"`
 	NotAccepted   uint64   `json:"not_accepted"`
 	SynackRetrans uint64   `json:"synack_retrans"`
+	Syns          *uint64  `json:"syns"` // null: not counted in this attach mode
 	BacklogMax    uint32   `json:"backlog_max"`
 	BacklogLimit  uint32   `json:"backlog_limit"`
 	QueueWait     jsonWait `json:"queue_wait"`
@@ -64,6 +65,7 @@ type jsonAddr struct {
 	NotAccepted   uint64   `json:"not_accepted"`
 	ClientGone    uint64   `json:"client_gone"`
 	SynackRetrans uint64   `json:"synack_retrans"`
+	Syns          *uint64  `json:"syns"`
 	QueueWait     jsonWait `json:"queue_wait"`
 }
 
@@ -83,6 +85,7 @@ type jsonSummary struct {
 	TotalNotAccepted   uint64            `json:"total_not_accepted"`
 	TotalClientGone    uint64            `json:"total_client_gone"`
 	TotalSynackRetrans uint64            `json:"total_synack_retrans"`
+	TotalSyns          *uint64           `json:"total_syns"`
 	KernelCounters     map[string]uint64 `json:"kernel_counters"`
 	Findings           []string          `json:"findings"`
 	Listeners          []jsonPort        `json:"listeners"`
@@ -137,6 +140,7 @@ func (j *jsonWriter) Summary(s Summary) error {
 		TotalNotAccepted:   s.TotalNotAccepted,
 		TotalClientGone:    s.TotalClientGone,
 		TotalSynackRetrans: s.TotalSynackRetrans,
+		TotalSyns:          u64If(s.TotalSyns, s.SynsCounted),
 		KernelCounters:     map[string]uint64{},
 		Findings:           []string{},
 		Listeners:          make([]jsonPort, len(s.Listeners)),
@@ -153,6 +157,7 @@ func (j *jsonWriter) Summary(s Summary) error {
 			Accepted:      p.Accepted,
 			NotAccepted:   p.NotAccepted,
 			SynackRetrans: p.SynackRetrans,
+			Syns:          u64If(p.Syns, s.SynsCounted),
 			BacklogMax:    p.BacklogMax,
 			BacklogLimit:  p.BacklogLimit,
 			QueueWait:     waitJSON(p.Wait),
@@ -171,6 +176,7 @@ func (j *jsonWriter) Summary(s Summary) error {
 			NotAccepted:   a.NotAccepted,
 			ClientGone:    a.ClientGone,
 			SynackRetrans: a.SynackRetrans,
+			Syns:          u64If(a.Syns, s.SynsCounted),
 			QueueWait:     waitJSON(a.Wait),
 		}
 	}
@@ -203,4 +209,11 @@ func u32If(v uint32, ok bool) *uint32 {
 func waitJSON(w Wait) jsonWait {
 	ok := w.Count > 0
 	return jsonWait{Count: w.Count, P50: usIf(w.P50, ok), P99: usIf(w.P99, ok), Max: usIf(w.Max, ok)}
+}
+
+func u64If(v uint64, ok bool) *uint64 {
+	if !ok {
+		return nil
+	}
+	return &v
 }

@@ -49,6 +49,7 @@ type AddrStats struct {
 	NotAccepted   uint64 // handshake completed, closed before any accept()
 	ClientGone    uint64 // accepted after the client had closed or reset
 	SynackRetrans uint64 // SYN-ACKs resent: handshakes the client did not finish
+	Syns          uint64 // SYNs that reached a listener; see Summary.SynsCounted
 	Wait          Wait
 }
 
@@ -58,6 +59,7 @@ type PortStats struct {
 	Accepted      uint64
 	NotAccepted   uint64
 	SynackRetrans uint64
+	Syns          uint64
 	BacklogMax    uint32 // most connections queued at one accept (0: unknown)
 	BacklogLimit  uint32
 	Wait          Wait
@@ -83,6 +85,8 @@ type Summary struct {
 	TotalNotAccepted   uint64
 	TotalClientGone    uint64
 	TotalSynackRetrans uint64
+	TotalSyns          uint64
+	SynsCounted        bool            // the attach mode counts SYNs (fexit, kretprobe)
 	Listeners          []PortStats     // per listening port, sorted by port
 	KernelCounters     []KernelCounter // fixed order, zeros included
 	Findings           []string        // one line each: what looks wrong

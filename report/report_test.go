@@ -274,6 +274,7 @@ type jsonLine struct {
 	TotalNotAcc     uint64            `json:"total_not_accepted"`
 	TotalGone       uint64            `json:"total_client_gone"`
 	TotalSynack     uint64            `json:"total_synack_retrans"`
+	TotalSyns       *uint64           `json:"total_syns"`
 	KernelCounters  map[string]uint64 `json:"kernel_counters"`
 	Findings        []string          `json:"findings"`
 	Listeners       []json.RawMessage `json:"listeners"`
@@ -286,6 +287,7 @@ type jsonLine struct {
 		NotAccepted   uint64          `json:"not_accepted"`
 		ClientGone    uint64          `json:"client_gone"`
 		SynackRetrans uint64          `json:"synack_retrans"`
+		Syns          *uint64         `json:"syns"`
 		QueueWait     json.RawMessage `json:"queue_wait"`
 	} `json:"addresses"`
 }
@@ -396,7 +398,7 @@ func TestJSONKeyOrder(t *testing.T) {
 			"queue_wait_us", "backlog", "backlog_max", "client_gone"},
 		{"type", "final", "start", "end", "duration_s", "attach_mode", "ports", "total_accepted", "total_handshakes",
 			"lost_events", "address_overflow", "max_addresses", "total_not_accepted", "total_client_gone",
-			"total_synack_retrans", "kernel_counters", "findings", "listeners", "addresses"},
+			"total_synack_retrans", "total_syns", "kernel_counters", "findings", "listeners", "addresses"},
 	}
 	for i := 0; sc.Scan(); i++ {
 		line := sc.Text()

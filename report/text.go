@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -122,12 +123,19 @@ func (t *textWriter) Summary(s Summary) error {
 	}
 	rest := addrs[len(shown):]
 
-	tb := table{align: "lrrrrrrrrll"}
-	tb.add("REMOTE", "ACCEPTED", "HANDSHAKES", "NOT_ACC", "GONE", "SYNACK_RT", "WAIT_P50", "WAIT_P99", "WAIT_MAX", "FIRST", "LAST")
+	// A SYNS column (third) only where the attach mode counts SYNs.
+	syns := func(cells []string, n string) []string {
+		if !s.SynsCounted {
+			return cells
+		}
+		return slices.Insert(cells, 2, n)
+	}
+	tb := table{align: strings.Join(syns(strings.Split("lrrrrrrrrll", ""), "r"), "")}
+	tb.add(syns([]string{"REMOTE", "ACCEPTED", "HANDSHAKES", "NOT_ACC", "GONE", "SYNACK_RT", "WAIT_P50", "WAIT_P99", "WAIT_MAX", "FIRST", "LAST"}, "SYNS")...)
 	for _, a := range shown {
-		tb.add(a.Addr.String(), num(a.Accepted), num(a.Handshakes), num(a.NotAccepted), num(a.ClientGone),
+		tb.add(syns([]string{a.Addr.String(), num(a.Accepted), num(a.Handshakes), num(a.NotAccepted), num(a.ClientGone),
 			num(a.SynackRetrans), dur(a.Wait.P50, a.Wait.Count), dur(a.Wait.P99, a.Wait.Count),
-			dur(a.Wait.Max, a.Wait.Count), clock(a.First, loc), clock(a.Last, loc))
+			dur(a.Wait.Max, a.Wait.Count), clock(a.First, loc), clock(a.Last, loc)}, num(a.Syns))...)
 	}
 	if len(rest) > 0 {
 		var m uint64
@@ -139,20 +147,20 @@ func (t *textWriter) Summary(s Summary) error {
 	if len(addrs) == 0 {
 		tb.line("no connections")
 	}
-	tb.add("TOTAL", num(s.TotalAccepted), num(s.TotalHandshakes), num(s.TotalNotAccepted),
-		num(s.TotalClientGone), num(s.TotalSynackRetrans))
+	tb.add(syns([]string{"TOTAL", num(s.TotalAccepted), num(s.TotalHandshakes), num(s.TotalNotAccepted),
+		num(s.TotalClientGone), num(s.TotalSynackRetrans)}, num(s.TotalSyns))...)
 	tb.write(b)
 
 	if len(s.Listeners) > 0 {
-		pt := table{align: "rrrrrrrr"}
-		pt.add("PORT", "ACCEPTED", "NOT_ACC", "SYNACK_RT", "BACKLOG_MAX", "WAIT_P50", "WAIT_P99", "WAIT_MAX")
+		pt := table{align: strings.Repeat("r", 9)}
+		pt.add(syns([]string{"PORT", "ACCEPTED", "NOT_ACC", "SYNACK_RT", "BACKLOG_MAX", "WAIT_P50", "WAIT_P99", "WAIT_MAX"}, "SYNS")...)
 		for _, p := range s.Listeners {
 			bl := "-"
 			if p.BacklogLimit > 0 || p.BacklogMax > 0 {
 				bl = fmt.Sprintf("%d/%d", p.BacklogMax, p.BacklogLimit)
 			}
-			pt.add(strconv.Itoa(int(p.Port)), num(p.Accepted), num(p.NotAccepted), num(p.SynackRetrans), bl,
-				dur(p.Wait.P50, p.Wait.Count), dur(p.Wait.P99, p.Wait.Count), dur(p.Wait.Max, p.Wait.Count))
+			pt.add(syns([]string{strconv.Itoa(int(p.Port)), num(p.Accepted), num(p.NotAccepted), num(p.SynackRetrans), bl,
+				dur(p.Wait.P50, p.Wait.Count), dur(p.Wait.P99, p.Wait.Count), dur(p.Wait.Max, p.Wait.Count)}, num(p.Syns))...)
 		}
 		pt.write(b)
 	}

@@ -28,6 +28,7 @@ type acceptwatchAddrStats struct {
 	NotAccepted   uint64
 	Gone          uint64
 	SynackRetrans uint64
+	Syns          uint64
 	WaitMaxNs     uint64
 	WaitHist      [32]uint32
 	Window        uint32
@@ -79,6 +80,7 @@ type acceptwatchPortStats struct {
 	Accepted      uint64
 	NotAccepted   uint64
 	SynackRetrans uint64
+	Syns          uint64
 	WaitMaxNs     uint64
 	BacklogMax    uint32
 	BacklogLimit  uint32
@@ -109,10 +111,12 @@ const (
 	acceptwatchMapAwPorts          = "aw_ports"
 	acceptwatchMapAwStats          = "aw_stats"
 	acceptwatchProgAwDestroy       = "aw_destroy"
+	acceptwatchProgAwFentrySyn     = "aw_fentry_syn"
 	acceptwatchProgAwFexitAcc2     = "aw_fexit_acc2"
 	acceptwatchProgAwFexitAcc4     = "aw_fexit_acc4"
 	acceptwatchProgAwHandshake     = "aw_handshake"
 	acceptwatchProgAwKprobeAcc     = "aw_kprobe_acc"
+	acceptwatchProgAwKprobeSyn     = "aw_kprobe_syn"
 	acceptwatchProgAwKretprobeAcc  = "aw_kretprobe_acc"
 	acceptwatchProgAwSynack        = "aw_synack"
 	acceptwatchProgAwTpAccept      = "aw_tp_accept"
@@ -173,10 +177,12 @@ type acceptwatchSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type acceptwatchProgramSpecs struct {
 	AwDestroy      *ebpf.ProgramSpec `ebpf:"aw_destroy"`
+	AwFentrySyn    *ebpf.ProgramSpec `ebpf:"aw_fentry_syn"`
 	AwFexitAcc2    *ebpf.ProgramSpec `ebpf:"aw_fexit_acc2"`
 	AwFexitAcc4    *ebpf.ProgramSpec `ebpf:"aw_fexit_acc4"`
 	AwHandshake    *ebpf.ProgramSpec `ebpf:"aw_handshake"`
 	AwKprobeAcc    *ebpf.ProgramSpec `ebpf:"aw_kprobe_acc"`
+	AwKprobeSyn    *ebpf.ProgramSpec `ebpf:"aw_kprobe_syn"`
 	AwKretprobeAcc *ebpf.ProgramSpec `ebpf:"aw_kretprobe_acc"`
 	AwSynack       *ebpf.ProgramSpec `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.ProgramSpec `ebpf:"aw_tp_accept"`
@@ -276,10 +282,12 @@ type acceptwatchVariables struct {
 // It can be passed to loadAcceptwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acceptwatchPrograms struct {
 	AwDestroy      *ebpf.Program `ebpf:"aw_destroy"`
+	AwFentrySyn    *ebpf.Program `ebpf:"aw_fentry_syn"`
 	AwFexitAcc2    *ebpf.Program `ebpf:"aw_fexit_acc2"`
 	AwFexitAcc4    *ebpf.Program `ebpf:"aw_fexit_acc4"`
 	AwHandshake    *ebpf.Program `ebpf:"aw_handshake"`
 	AwKprobeAcc    *ebpf.Program `ebpf:"aw_kprobe_acc"`
+	AwKprobeSyn    *ebpf.Program `ebpf:"aw_kprobe_syn"`
 	AwKretprobeAcc *ebpf.Program `ebpf:"aw_kretprobe_acc"`
 	AwSynack       *ebpf.Program `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.Program `ebpf:"aw_tp_accept"`
@@ -289,10 +297,12 @@ type acceptwatchPrograms struct {
 func (p *acceptwatchPrograms) Close() error {
 	return _AcceptwatchClose(
 		p.AwDestroy,
+		p.AwFentrySyn,
 		p.AwFexitAcc2,
 		p.AwFexitAcc4,
 		p.AwHandshake,
 		p.AwKprobeAcc,
+		p.AwKprobeSyn,
 		p.AwKretprobeAcc,
 		p.AwSynack,
 		p.AwTpAccept,

@@ -25,6 +25,8 @@ type Counts struct {
 	TotalNotAccepted   uint64
 	TotalClientGone    uint64
 	TotalSynackRetrans uint64
+	TotalSyns          uint64
+	SynsCounted        bool // the mode counts SYNs (fexit, kretprobe)
 	LostEvents         uint64
 	AddressOverflow    uint64 // events not attributed to an address: map full
 	WaitsUnknown       uint64 // handshakes whose queue wait could not be kept: table full
@@ -56,7 +58,7 @@ func (t *Tracer) Window() (Counts, error) {
 // collect reads every counter; for a window it subtracts what the previous
 // window had seen and remembers the new values.
 func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
-	c := Counts{Start: start, End: time.Now()}
+	c := Counts{Start: start, End: time.Now(), SynsCounted: t.synsCounted}
 	stats, err := t.readStats()
 	if err != nil {
 		return c, err
@@ -67,7 +69,7 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 		if window {
 			p := t.prev[k]
 			d = subAddr(*v, p)
-			if d.Accepted+d.Handshakes+d.NotAccepted+d.SynackRetrans == 0 {
+			if d.Accepted+d.Handshakes+d.NotAccepted+d.SynackRetrans+d.Syns == 0 {
 				return
 			}
 			t.prev[k] = *v
@@ -85,6 +87,7 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 			NotAccepted:   d.NotAccepted,
 			ClientGone:    d.Gone,
 			SynackRetrans: d.SynackRetrans,
+			Syns:          d.Syns,
 			Wait:          waitStats(d.WaitHist, v.WaitMaxNs),
 		}
 		if window && (a.First.IsZero() || a.First.Before(start)) {
@@ -98,6 +101,7 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 		c.TotalNotAccepted += d.NotAccepted
 		c.TotalClientGone += d.Gone
 		c.TotalSynackRetrans += d.SynackRetrans
+		c.TotalSyns += d.Syns
 	})
 	if err != nil {
 		return c, err
@@ -147,10 +151,11 @@ func (t *Tracer) collectPorts(c *Counts, window bool) error {
 			d.Accepted -= p.Accepted
 			d.NotAccepted -= p.NotAccepted
 			d.SynackRetrans -= p.SynackRetrans
+			d.Syns -= p.Syns
 			for i := range d.WaitHist {
 				d.WaitHist[i] -= p.WaitHist[i]
 			}
-			if d.Accepted+d.NotAccepted+d.SynackRetrans == 0 {
+			if d.Accepted+d.NotAccepted+d.SynackRetrans+d.Syns == 0 {
 				continue
 			}
 		}
@@ -159,6 +164,7 @@ func (t *Tracer) collectPorts(c *Counts, window bool) error {
 			Accepted:      d.Accepted,
 			NotAccepted:   d.NotAccepted,
 			SynackRetrans: d.SynackRetrans,
+			Syns:          d.Syns,
 			BacklogMax:    d.BacklogMax,
 			BacklogLimit:  d.BacklogLimit,
 			Wait:          waitStats(d.WaitHist, d.WaitMaxNs),
@@ -177,6 +183,7 @@ func subAddr(v, p acceptwatchAddrStats) acceptwatchAddrStats {
 	v.NotAccepted -= p.NotAccepted
 	v.Gone -= p.Gone
 	v.SynackRetrans -= p.SynackRetrans
+	v.Syns -= p.Syns
 	for i := range v.WaitHist {
 		v.WaitHist[i] -= p.WaitHist[i]
 	}

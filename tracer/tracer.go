@@ -51,17 +51,18 @@ type Config struct {
 
 // Tracer is a loaded and attached set of programs. Close releases everything.
 type Tracer struct {
-	mode     string
-	coll     *ebpf.Collection
-	links    []link.Link
-	reader   *ringbuf.Reader
-	addrs    *ebpf.Map
-	lports   *ebpf.Map
-	stats    *ebpf.Map
-	window   *ebpf.Variable
-	windowID uint32
-	bootWall time.Time // wall-clock time of CLOCK_MONOTONIC zero
-	rec      ringbuf.Record
+	mode        string
+	synsCounted bool
+	coll        *ebpf.Collection
+	links       []link.Link
+	reader      *ringbuf.Reader
+	addrs       *ebpf.Map
+	lports      *ebpf.Map
+	stats       *ebpf.Map
+	window      *ebpf.Variable
+	windowID    uint32
+	bootWall    time.Time // wall-clock time of CLOCK_MONOTONIC zero
+	rec         ringbuf.Record
 
 	start, windowStart time.Time
 	prev               map[[16]byte]acceptwatchAddrStats
@@ -74,10 +75,10 @@ type Tracer struct {
 // Open loads the programs for the first attach mode that works and attaches
 // them. If none works, the error names every mode tried and why it failed.
 func Open(cfg Config) (*Tracer, error) {
-	logf := cfg.Logf
-	if logf == nil {
-		logf = func(string, ...any) {}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
 	}
+	logf := cfg.Logf
 	if err := rlimit.RemoveMemlock(); err != nil {
 		logf("raising RLIMIT_MEMLOCK: %v", err)
 	}
@@ -159,13 +160,14 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 // other program is loaded), fills the port filter and attaches.
 func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr error) (_ *Tracer, err error) {
 	var accept []string // the accept hook's programs, in attach order
+	var syn string      // counts SYNs where the mode can (optional)
 	switch mode {
 	case ModeFexit:
 		var prog string
 		prog, err = fexitProgram()
-		accept = []string{prog}
+		accept, syn = []string{prog}, "aw_fentry_syn"
 	case ModeKretprobe:
-		accept = []string{"aw_kprobe_acc", "aw_kretprobe_acc"}
+		accept, syn = []string{"aw_kprobe_acc", "aw_kretprobe_acc"}, "aw_kprobe_syn"
 	case ModeTracepoint:
 		accept = []string{"aw_tp_enter", "aw_tp_accept"}
 		err = tracefsErr
@@ -176,13 +178,15 @@ func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr err
 		return nil, err
 	}
 
-	spec = spec.Copy()
-	for name := range spec.Programs {
-		if !slices.Contains(accept, name) && !slices.Contains(tcpPrograms, name) {
-			delete(spec.Programs, name)
-		}
+	logf := cfg.Logf
+	keep := append(slices.Clone(tcpPrograms), accept...)
+	coll, err := loadPrograms(spec, append(keep, syn))
+	if err != nil && syn != "" {
+		// SYN counting is a bonus: load the mode without it.
+		logf("attach mode %s: SYN counting unavailable: %s", mode, oneLine(err.Error()))
+		syn = ""
+		coll, err = loadPrograms(spec, keep)
 	}
-	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		return nil, fmt.Errorf("loading programs: %w", err)
 	}
@@ -246,11 +250,37 @@ func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr err
 			return nil, fmt.Errorf("attaching %s: %w", name, err)
 		}
 	}
+	if syn != "" {
+		var l link.Link
+		var synErr error
+		if mode == ModeFexit {
+			l, synErr = link.AttachTracing(link.TracingOptions{Program: coll.Programs[syn]})
+		} else {
+			l, synErr = link.Kprobe("tcp_conn_request", coll.Programs[syn], nil)
+		}
+		if synErr != nil {
+			logf("attach mode %s: SYN counting unavailable: %s", mode, oneLine(synErr.Error()))
+		} else {
+			t.links = append(t.links, l)
+			t.synsCounted = true
+		}
+	}
 	t.counters, _ = readNetstat()
 	t.prevCounters = t.counters
 	t.start = time.Now()
 	t.windowStart = t.start
 	return t, nil
+}
+
+// loadPrograms loads the maps and only the named programs.
+func loadPrograms(spec *ebpf.CollectionSpec, names []string) (*ebpf.Collection, error) {
+	spec = spec.Copy()
+	for name := range spec.Programs {
+		if !slices.Contains(names, name) {
+			delete(spec.Programs, name)
+		}
+	}
+	return ebpf.NewCollection(spec)
 }
 
 func (t *Tracer) attach(l link.Link, err error) error {
@@ -263,6 +293,9 @@ func (t *Tracer) attach(l link.Link, err error) error {
 
 // Mode is the attach mode in use.
 func (t *Tracer) Mode() string { return t.mode }
+
+// SynsCounted says whether SYNs are counted (a function hook is needed).
+func (t *Tracer) SynsCounted() bool { return t.synsCounted }
 
 // Close detaches and unloads every program and map. It is safe to call twice.
 func (t *Tracer) Close() error {

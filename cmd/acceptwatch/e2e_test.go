@@ -397,6 +397,7 @@ type jsonSummary struct {
 	TotalNotAccepted   uint64            `json:"total_not_accepted"`
 	TotalClientGone    uint64            `json:"total_client_gone"`
 	TotalSynackRetrans uint64            `json:"total_synack_retrans"`
+	TotalSyns          *uint64           `json:"total_syns"`
 	LostEvents         uint64            `json:"lost_events"`
 	AddressOverflow    uint64            `json:"address_overflow"`
 	KernelCounters     map[string]uint64 `json:"kernel_counters"`
@@ -418,6 +419,7 @@ type jsonSummary struct {
 		NotAccepted   uint64  `json:"not_accepted"`
 		ClientGone    uint64  `json:"client_gone"`
 		SynackRetrans uint64  `json:"synack_retrans"`
+		Syns          *uint64 `json:"syns"`
 	} `json:"addresses"`
 }
 
@@ -539,6 +541,14 @@ func TestTraceJSON(t *testing.T) {
 	for _, a := range s.Addresses {
 		if a.First == nil || a.Last == nil {
 			t.Errorf("address %s without first/last times", a.Addr)
+		}
+		// SYNs are counted by the function-hook modes only; on loopback
+		// each connection sends exactly one.
+		switch {
+		case p.mode == "tracepoint" && a.Syns != nil:
+			t.Errorf("tracepoint mode reports SYNs for %s", a.Addr)
+		case p.mode != "tracepoint" && (a.Syns == nil || *a.Syns != a.Accepted):
+			t.Errorf("%s mode: %s syns %v, want %d (one per connection)", p.mode, a.Addr, a.Syns, a.Accepted)
 		}
 	}
 	if !strings.Contains(p.stderr.String(), "acceptwatch: tracing") {

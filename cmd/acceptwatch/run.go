@@ -180,6 +180,8 @@ func (l *loop) summary(final bool) error {
 		TotalNotAccepted:   c.TotalNotAccepted,
 		TotalClientGone:    c.TotalClientGone,
 		TotalSynackRetrans: c.TotalSynackRetrans,
+		TotalSyns:          c.TotalSyns,
+		SynsCounted:        c.SynsCounted,
 		Listeners:          c.Listeners,
 		KernelCounters:     c.KernelCounters,
 	}
