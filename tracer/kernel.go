@@ -44,6 +44,21 @@ func fexitProgram() (string, error) {
 	}
 }
 
+// haveKprobes fails fast where the kernel has no kprobes (no kprobe PMU and
+// no kprobe_events), before the programs are loaded for nothing.
+func haveKprobes() error {
+	for _, p := range []string{
+		"/sys/bus/event_source/devices/kprobe/type",
+		"/sys/kernel/tracing/kprobe_events",
+		"/sys/kernel/debug/tracing/kprobe_events",
+	} {
+		if _, err := os.Stat(p); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("kernel has no kprobe support (no kprobe PMU, no kprobe_events)")
+}
+
 // ensureTracefs mounts tracefs at its usual place when neither tracefs nor
 // debugfs is mounted: classic tracepoints are found by name there.
 func ensureTracefs() (mounted bool, _ error) {

@@ -168,6 +168,7 @@ func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr err
 		accept, syn = []string{prog}, "aw_fentry_syn"
 	case ModeKretprobe:
 		accept, syn = []string{"aw_kprobe_acc", "aw_kretprobe_acc"}, "aw_kprobe_syn"
+		err = haveKprobes()
 	case ModeTracepoint:
 		accept = []string{"aw_tp_enter", "aw_tp_accept"}
 		err = tracefsErr
