@@ -224,7 +224,11 @@ func Run(ctx context.Context, cfg RunConfig) (int, error) {
 		cmdline += " " + cfg.Cmdline
 	}
 	args := []string{
-		"-machine", "q35,accel=tcg", "-cpu", "max", "-m", cfg.Memory, "-smp", strconv.Itoa(cfg.SMP),
+		// Single-threaded TCG: with one host thread per vCPU, a guest that
+		// patches kernel text (syscall tracepoints, text_poke_bp's int3)
+		// while the other vCPU runs it was seen to oops on 7.x and lock up
+		// on 6.1. The matrix runs two VMs at once, so no core idles.
+		"-machine", "q35", "-accel", "tcg,thread=single", "-cpu", "max", "-m", cfg.Memory, "-smp", strconv.Itoa(cfg.SMP),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", cfg.Kernel, "-initrd", initrd, "-append", cmdline,
 		"-chardev", "file,id=klog,path=" + klog, "-serial", "chardev:klog", // ttyS0: kernel
