@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"slices"
 	"time"
 )
 
@@ -89,7 +90,6 @@ type jsonSummary struct {
 	KernelCounters     map[string]uint64 `json:"kernel_counters"`
 	Findings           []string          `json:"findings"`
 	Listeners          []jsonPort        `json:"listeners"`
-	Addresses          []jsonAddr        `json:"addresses"`
 }
 
 func (j *jsonWriter) write(v any) error {
@@ -136,7 +136,6 @@ func (j *jsonWriter) Summary(s Summary) error {
 		LostEvents:         s.LostEvents,
 		AddressOverflow:    s.AddressOverflow,
 		MaxAddresses:       s.MaxAddresses,
-		Addresses:          make([]jsonAddr, len(addrs)),
 		TotalNotAccepted:   s.TotalNotAccepted,
 		TotalClientGone:    s.TotalClientGone,
 		TotalSynackRetrans: s.TotalSynackRetrans,
@@ -166,8 +165,20 @@ func (j *jsonWriter) Summary(s Summary) error {
 	if out.Ports == nil {
 		out.Ports = []string{}
 	}
+	// The head is encoded whole; the addresses (a million of them, at
+	// scale) one at a time, so that no second copy of them is built.
+	j.buf.Reset()
+	if err := j.enc.Encode(out); err != nil {
+		return err
+	}
+	head := bytes.TrimSuffix(bytes.TrimSpace(j.buf.Bytes()), []byte("}"))
+	line := append(slices.Clone(head), `,"addresses":[`...)
 	for i, a := range addrs {
-		out.Addresses[i] = jsonAddr{
+		if i > 0 {
+			line = append(line, ',')
+		}
+		j.buf.Reset()
+		if err := j.enc.Encode(jsonAddr{
 			Addr:          a.Addr.String(),
 			Accepted:      a.Accepted,
 			Handshakes:    a.Handshakes,
@@ -178,9 +189,20 @@ func (j *jsonWriter) Summary(s Summary) error {
 			SynackRetrans: a.SynackRetrans,
 			Syns:          u64If(a.Syns, s.SynsCounted),
 			QueueWait:     waitJSON(a.Wait),
+		}); err != nil {
+			return err
+		}
+		line = append(line, bytes.TrimSpace(j.buf.Bytes())...)
+		if len(line) > 64<<10 {
+			if _, err := j.w.Write(line); err != nil {
+				return err
+			}
+			line = line[:0]
 		}
 	}
-	return j.write(out)
+	line = append(line, "]}\n"...)
+	_, err := j.w.Write(line)
+	return err
 }
 
 func jsonTime(t time.Time) *string {
