@@ -37,6 +37,7 @@ type jsonAccept struct {
 	Backlog    *uint32 `json:"backlog"`       // null: listener not seen
 	BacklogMax *uint32 `json:"backlog_max"`
 	ClientGone bool    `json:"client_gone"`
+	State      string  `json:"state"`
 }
 
 type jsonWait struct {
@@ -117,6 +118,7 @@ func (j *jsonWriter) Event(e Event) error {
 		Backlog:    u32If(e.Backlog, e.HasBacklog),
 		BacklogMax: u32If(e.BacklogMax, e.HasBacklog),
 		ClientGone: e.ClientGone,
+		State:      e.State,
 	})
 }
 

@@ -28,7 +28,8 @@ type Event struct {
 	Backlog    uint32 // listener's queue when taken, this one included
 	BacklogMax uint32 // listener's limit; both valid if HasBacklog
 	HasBacklog bool
-	ClientGone bool // the client had closed or reset before accept()
+	ClientGone bool   // the client had closed or reset before accept()
+	State      string // TCP state of the accepted socket, e.g. ESTABLISHED, CLOSE_WAIT
 }
 
 // Wait summarises queue waits (handshake completed to accept()). P50 and

@@ -260,6 +260,7 @@ type jsonLine struct {
 	Backlog         *uint32           `json:"backlog"`
 	BacklogMax      *uint32           `json:"backlog_max"`
 	ClientGone      bool              `json:"client_gone"`
+	State           string            `json:"state"`
 	Final           bool              `json:"final"`
 	Start           string            `json:"start"`
 	End             string            `json:"end"`
@@ -395,7 +396,7 @@ func TestJSONKeyOrder(t *testing.T) {
 	sc := bufio.NewScanner(&buf)
 	want := [][]string{
 		{"type", "time", "pid", "comm", "family", "local_addr", "local_port", "remote_addr", "remote_port",
-			"queue_wait_us", "backlog", "backlog_max", "client_gone"},
+			"queue_wait_us", "backlog", "backlog_max", "client_gone", "state"},
 		{"type", "final", "start", "end", "duration_s", "attach_mode", "ports", "total_accepted", "total_handshakes",
 			"lost_events", "address_overflow", "max_addresses", "total_not_accepted", "total_client_gone",
 			"total_synack_retrans", "total_syns", "kernel_counters", "findings", "listeners", "addresses"},

@@ -15,7 +15,9 @@ func rawEvent(e acceptwatchEvent) []byte {
 
 func TestDecodeEvent(t *testing.T) {
 	boot := time.Date(2026, 11, 21, 8, 0, 0, 0, time.UTC)
-	v4 := acceptwatchEvent{TsNs: uint64(3 * time.Second), Pid: 77, Lport: 80, Rport: 40000, Family: 4}
+	v4 := acceptwatchEvent{TsNs: uint64(3 * time.Second), Pid: 77, Lport: 80, Rport: 40000, Family: 4, State: 8,
+		QueueWaitNs: 1500, Backlog: 2, BacklogMax: 128,
+		Flags: uint8(acceptwatchEventFlagsEVENT_F_WAIT | acceptwatchEventFlagsEVENT_F_BACKLOG | acceptwatchEventFlagsEVENT_F_GONE)}
 	copy(v4.Laddr[:], netip.MustParseAddr("::ffff:10.0.0.1").AsSlice())
 	copy(v4.Raddr[:], netip.MustParseAddr("::ffff:192.0.2.7").AsSlice())
 	for i, c := range "nginx\x1b" {
@@ -29,6 +31,8 @@ func TestDecodeEvent(t *testing.T) {
 		Time: boot.Add(3 * time.Second), PID: 77, Comm: "nginx\x1b",
 		LocalAddr: netip.MustParseAddr("10.0.0.1"), LocalPort: 80,
 		RemoteAddr: netip.MustParseAddr("192.0.2.7"), RemotePort: 40000,
+		QueueWait: 1500 * time.Nanosecond, HasWait: true, Backlog: 2, BacklogMax: 128, HasBacklog: true,
+		ClientGone: true, State: "CLOSE_WAIT",
 	}
 	if ev != want {
 		t.Errorf("v4: got %+v, want %+v", ev, want)
@@ -42,7 +46,8 @@ func TestDecodeEvent(t *testing.T) {
 	if err := decodeEvent(rawEvent(v6), boot, &ev); err != nil {
 		t.Fatal(err)
 	}
-	if ev.RemoteAddr != netip.MustParseAddr("2001:db8::9") || len(ev.Comm) != 16 || ev.LocalAddr != netip.IPv6Unspecified() {
+	if ev.RemoteAddr != netip.MustParseAddr("2001:db8::9") || len(ev.Comm) != 16 || ev.LocalAddr != netip.IPv6Unspecified() ||
+		ev.HasWait || ev.HasBacklog || ev.ClientGone {
 		t.Errorf("v6: got %+v", ev)
 	}
 

@@ -364,6 +364,7 @@ func decodeEvent(raw []byte, bootWall time.Time, ev *report.Event) error {
 		BacklogMax: e.BacklogMax,
 		HasBacklog: e.Flags&uint8(acceptwatchEventFlagsEVENT_F_BACKLOG) != 0,
 		ClientGone: e.Flags&uint8(acceptwatchEventFlagsEVENT_F_GONE) != 0,
+		State:      tcpState(e.State),
 	}
 	return nil
 }
@@ -381,4 +382,15 @@ func commString(c [16]int8) string {
 
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
+}
+
+// tcpStates are the kernel's TCP states (include/net/tcp_states.h).
+var tcpStates = []string{"", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",
+	"TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV"}
+
+func tcpState(s uint8) string {
+	if int(s) < len(tcpStates) && s > 0 {
+		return tcpStates[s]
+	}
+	return fmt.Sprintf("state %d", s)
 }

@@ -385,6 +385,7 @@ type jsonEvent struct {
 	Backlog     *uint32 `json:"backlog"`
 	BacklogMax  *uint32 `json:"backlog_max"`
 	ClientGone  bool    `json:"client_gone"`
+	State       string  `json:"state"`
 }
 
 type jsonSummary struct {

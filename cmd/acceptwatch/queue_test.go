@@ -172,10 +172,12 @@ func TestClientGone(t *testing.T) {
 
 	events, s := parseQueue(t, p.stdout.String())
 	gone := 0
+	states := map[string]int{}
 	for _, e := range events {
 		if e.ClientGone {
 			gone++
 		}
+		states[e.State]++
 		if e.LocalPort != port {
 			t.Errorf("event local port %d, want %d (taken from the listener)", e.LocalPort, port)
 		}
@@ -183,6 +185,10 @@ func TestClientGone(t *testing.T) {
 	if len(events) != 3 || gone != 2 || s.TotalClientGone != 2 || s.TotalAccepted != 3 {
 		t.Errorf("%d events, %d flagged, summary client_gone %d accepted %d; want 3, 2, 2, 3",
 			len(events), gone, s.TotalClientGone, s.TotalAccepted)
+	}
+	// The reset one is CLOSE, the closed one CLOSE_WAIT, the third open.
+	if states["CLOSE"] != 1 || states["CLOSE_WAIT"] != 1 || states["ESTABLISHED"] != 1 {
+		t.Errorf("states at accept %v, want one each of CLOSE, CLOSE_WAIT, ESTABLISHED", states)
 	}
 }
 
