@@ -194,9 +194,9 @@ static __always_inline struct addr_stats *addr_entry(struct addr_key *key, __u64
 	return bpf_map_lookup_elem(&aw_addrs, key);
 }
 
-static __always_inline void count_addr(struct addr_key *key, struct delta *d)
+/* now is the caller's bpf_ktime_get_ns(): one clock read per event. */
+static __always_inline void count_addr(struct addr_key *key, struct delta *d, __u64 now)
 {
-	__u64 now = bpf_ktime_get_ns();
 	struct addr_stats *st = addr_entry(key, now);
 
 	if (!st) {
@@ -315,7 +315,7 @@ static __always_inline void handle_accept(struct sock *sk, struct sock *lsk)
 		d.backlog = BPF_CORE_READ(lsk, sk_ack_backlog) + 1;
 		d.backlog_limit = BPF_CORE_READ(lsk, sk_max_ack_backlog);
 	}
-	count_addr(&key, &d);
+	count_addr(&key, &d, now);
 	count_port(lport, &d);
 	if (!emit_events)
 		return;
@@ -467,11 +467,12 @@ int BPF_PROG(aw_handshake, struct sock *sk, int oldstate, int newstate)
 		return 0;
 
 	struct delta d = { .handshake = true };
+	__u64 now = bpf_ktime_get_ns();
 
-	count_addr(&key, &d);
+	count_addr(&key, &d, now);
 
 	__u64 skp = (__u64)sk;
-	struct pending p = { .ts_ns = bpf_ktime_get_ns(), .lport = lport };
+	struct pending p = { .ts_ns = now, .lport = lport };
 
 	if (bpf_map_update_elem(&aw_pending, &skp, &p, BPF_ANY))
 		stat_inc(STAT_PENDING_FULL);
@@ -499,7 +500,7 @@ int BPF_PROG(aw_destroy, struct sock *sk)
 		return 0;
 	struct delta d = { .not_accepted = true };
 
-	count_addr(&key, &d);
+	count_addr(&key, &d, bpf_ktime_get_ns());
 	count_port(lport, &d);
 	return 0;
 }
@@ -517,7 +518,7 @@ int BPF_PROG(aw_synack, struct sock *lsk, struct sock *req)
 		return 0;
 	struct delta d = { .synack = true };
 
-	count_addr(&key, &d);
+	count_addr(&key, &d, bpf_ktime_get_ns());
 	count_port(lport, &d);
 	return 0;
 }
@@ -557,7 +558,7 @@ static __always_inline void count_syn(struct sock *lsk, struct sk_buff *skb)
 		return;
 	struct delta d = { .syn = true };
 
-	count_addr(&key, &d);
+	count_addr(&key, &d, bpf_ktime_get_ns());
 	count_port(lport, &d);
 }
 

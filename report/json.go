@@ -26,23 +26,6 @@ func NewJSON(w io.Writer) Writer {
 	return j
 }
 
-type jsonAccept struct {
-	Type       string  `json:"type"`
-	Time       string  `json:"time"`
-	PID        uint32  `json:"pid"`
-	Comm       string  `json:"comm"`
-	Family     int     `json:"family"`
-	LocalAddr  string  `json:"local_addr"`
-	LocalPort  uint16  `json:"local_port"`
-	RemoteAddr string  `json:"remote_addr"`
-	RemotePort uint16  `json:"remote_port"`
-	QueueWait  *int64  `json:"queue_wait_us"` // null: handshake not seen
-	Backlog    *uint32 `json:"backlog"`       // null: listener not seen
-	BacklogMax *uint32 `json:"backlog_max"`
-	ClientGone bool    `json:"client_gone"`
-	State      string  `json:"state"`
-}
-
 type jsonWait struct {
 	Count uint64 `json:"count"`
 	P50   *int64 `json:"p50_us"`
@@ -107,7 +90,7 @@ func (j *jsonWriter) write(v any) error {
 
 // Event appends the accept object by hand: one per connection, where
 // reflection-based encoding was most of acceptwatch's CPU. The output is
-// byte for byte what encoding/json makes of jsonAccept (a test checks).
+// byte for byte what encoding/json makes of the struct in json_event_test.go.
 func (j *jsonWriter) Event(e Event) error {
 	raddr := Normalize(e.RemoteAddr)
 	b := j.line[:0]

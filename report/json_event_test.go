@@ -8,6 +8,24 @@ import (
 	"time"
 )
 
+// jsonAccept is the accept event's schema as encoding/json would write it.
+type jsonAccept struct {
+	Type       string  `json:"type"`
+	Time       string  `json:"time"`
+	PID        uint32  `json:"pid"`
+	Comm       string  `json:"comm"`
+	Family     int     `json:"family"`
+	LocalAddr  string  `json:"local_addr"`
+	LocalPort  uint16  `json:"local_port"`
+	RemoteAddr string  `json:"remote_addr"`
+	RemotePort uint16  `json:"remote_port"`
+	QueueWait  *int64  `json:"queue_wait_us"` // null: handshake not seen
+	Backlog    *uint32 `json:"backlog"`       // null: listener not seen
+	BacklogMax *uint32 `json:"backlog_max"`
+	ClientGone bool    `json:"client_gone"`
+	State      string  `json:"state"`
+}
+
 // viaEncodingJSON is what the reflection-based encoder makes of an event:
 // the hand-written Event must match it byte for byte.
 func viaEncodingJSON(t testing.TB, e Event) []byte {
