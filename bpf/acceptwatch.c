@@ -53,14 +53,19 @@ struct {
 	__type(value, struct addr_stats);
 } aw_addrs SEC(".maps");
 
+/* Per listening port, per CPU: every accept updates its port's counters, and
+ * one shared copy would bounce between the CPUs' caches. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u32);
 	__type(value, struct port_stats);
 } aw_lports SEC(".maps");
 
-/* Completed handshakes not yet accepted, by child socket address. */
+/* Completed handshakes not yet accepted, by child socket address. (A
+ * direct-mapped array keyed by the connection hash was tried: no cheaper
+ * here, as the cost is the cache line moving from the handshake's CPU to the
+ * acceptor's, which any table pays.) */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -92,6 +97,27 @@ static __always_inline void stat_inc(__u32 idx)
 		(*v)++;
 }
 
+/* Records a completed handshake of socket sk. */
+static __always_inline void pending_put(__u64 sk, __u64 ts, __u16 lport)
+{
+	struct pending p = { .ts_ns = ts, .lport = lport };
+
+	if (bpf_map_update_elem(&aw_pending, &sk, &p, BPF_ANY))
+		stat_inc(STAT_PENDING_FULL);
+}
+
+/* Takes the handshake record of socket sk out, if there is one. */
+static __always_inline bool pending_take(__u64 sk, struct pending *out)
+{
+	struct pending *p = bpf_map_lookup_elem(&aw_pending, &sk);
+
+	if (!p)
+		return false;
+	*out = *p;
+	bpf_map_delete_elem(&aw_pending, &sk);
+	return true;
+}
+
 static __always_inline bool port_watched(__u16 port)
 {
 	__u32 key = port;
@@ -103,44 +129,99 @@ static __always_inline bool port_watched(__u16 port)
 	return on && *on;
 }
 
-/* Reads a socket's addresses as 16 bytes each and returns the family as the
- * user should see it: 4 for AF_INET and for v4-mapped AF_INET6 peers. Works
- * for request sockets too: they begin with the same struct sock_common. */
-static __always_inline __u8 read_addrs(struct sock *sk, __u16 family, __u8 laddr[16], __u8 raddr[16])
-{
-	if (family == AF_INET) {
-		__be32 l = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		__be32 r = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+/* Kernel field reads. Programs handed kernel pointers with BTF types (fexit,
+ * tp_btf) load fields directly: the verifier makes those fault-safe loads,
+ * several times cheaper than one bpf_probe_read_kernel() call each. Kprobes
+ * and classic tracepoints must use the helper. `direct` is a constant at
+ * every call site, so each program holds one form only. */
+#define RD(direct, ptr, field) ((direct) ? (ptr)->field : BPF_CORE_READ(ptr, field))
 
+/* The fields of a socket's struct sock_common that acceptwatch uses. */
+struct skc {
+	__u32 v6_daddr[4], v6_rcv_saddr[4];
+	__be32 daddr, rcv_saddr;
+	__be16 dport;
+	__u16 num;
+	__u16 family;
+	__u8 state;
+};
+
+#define SKC_OFF(f) bpf_core_field_offset(((struct sock *)0)->__sk_common.f)
+/* Bytes of struct sock_common up to the end of skc_v6_rcv_saddr: 88 on
+ * x86-64 in every kernel since 4.x; a larger layout takes the slow path. */
+#define SKC_SPAN 96
+
+/* Reads a socket's struct sock_common: fields directly where the pointer has
+ * a BTF type, else one probe read of the whole span in place of eight. Works
+ * for request sockets too: they begin with the same struct sock_common. */
+static __always_inline bool load_skc(bool direct, struct sock *sk, struct skc *c)
+{
+	__u64 buf[SKC_SPAN / 8];
+	__u32 span = SKC_OFF(skc_v6_rcv_saddr) + 16;
+
+	if (direct || span > sizeof(buf)) {
+		c->family = RD(direct, sk, __sk_common.skc_family);
+		c->num = RD(direct, sk, __sk_common.skc_num);
+		c->dport = RD(direct, sk, __sk_common.skc_dport);
+		c->state = RD(direct, sk, __sk_common.skc_state);
+		if (c->family == AF_INET) {
+			c->daddr = RD(direct, sk, __sk_common.skc_daddr);
+			c->rcv_saddr = RD(direct, sk, __sk_common.skc_rcv_saddr);
+		} else if (direct) {
+			__builtin_memcpy(c->v6_daddr, &sk->__sk_common.skc_v6_daddr, 16);
+			__builtin_memcpy(c->v6_rcv_saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+		} else {
+			bpf_core_read(c->v6_daddr, 16, &sk->__sk_common.skc_v6_daddr);
+			bpf_core_read(c->v6_rcv_saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		}
+		return true;
+	}
+	if (bpf_probe_read_kernel(buf, span, sk))
+		return false;
+	/* Offsets are load-time constants; each field is naturally aligned. */
+	void *b = buf;
+
+	c->family = *(__u16 *)(b + SKC_OFF(skc_family));
+	c->num = *(__u16 *)(b + SKC_OFF(skc_num));
+	c->dport = *(__be16 *)(b + SKC_OFF(skc_dport));
+	c->state = *(__u8 *)(b + SKC_OFF(skc_state));
+	c->daddr = *(__be32 *)(b + SKC_OFF(skc_daddr));
+	c->rcv_saddr = *(__be32 *)(b + SKC_OFF(skc_rcv_saddr));
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		c->v6_daddr[i] = *(__u32 *)(b + SKC_OFF(skc_v6_daddr) + 4 * i);
+		c->v6_rcv_saddr[i] = *(__u32 *)(b + SKC_OFF(skc_v6_rcv_saddr) + 4 * i);
+	}
+	return true;
+}
+
+/* A socket's addresses as 16 bytes each, and the family as the user should
+ * see it: 4 for AF_INET and for v4-mapped AF_INET6 peers. */
+static __always_inline __u8 skc_addrs(struct skc *c, __u8 laddr[16], __u8 raddr[16])
+{
+	if (c->family == AF_INET) {
 		laddr[10] = laddr[11] = 0xff;
 		raddr[10] = raddr[11] = 0xff;
-		__builtin_memcpy(&laddr[12], &l, 4);
-		__builtin_memcpy(&raddr[12], &r, 4);
+		__builtin_memcpy(&laddr[12], &c->rcv_saddr, 4);
+		__builtin_memcpy(&raddr[12], &c->daddr, 4);
 		return 4;
 	}
-	/* laddr and raddr are pointers here: give the size explicitly. */
-	bpf_core_read(laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-	bpf_core_read(raddr, 16, &sk->__sk_common.skc_v6_daddr);
-	__u64 hi;
-	__u32 mid;
-	__builtin_memcpy(&hi, raddr, 8);
-	__builtin_memcpy(&mid, &raddr[8], 4);
-	if (hi == 0 && mid == bpf_htonl(0x0000ffff))
+	__builtin_memcpy(laddr, c->v6_rcv_saddr, 16);
+	__builtin_memcpy(raddr, c->v6_daddr, 16);
+	if (c->v6_daddr[0] == 0 && c->v6_daddr[1] == 0 && c->v6_daddr[2] == bpf_htonl(0x0000ffff))
 		return 4;
 	return 6;
 }
 
 /* A TCP socket of a family acceptwatch reports, on a watched port? Fills the
  * remote address key and returns the family (4 or 6), 0 to ignore. */
-static __always_inline __u8 watched(struct sock *sk, __u16 lport, struct addr_key *key, __u8 laddr[16])
+static __always_inline __u8 watched(struct skc *c, __u16 lport, struct addr_key *key, __u8 laddr[16])
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-
-	if (family != AF_INET && family != AF_INET6)
+	if (c->family != AF_INET && c->family != AF_INET6)
 		return 0;
 	if (!port_watched(lport))
 		return 0;
-	__u8 fam = read_addrs(sk, family, laddr, key->addr);
+	__u8 fam = skc_addrs(c, laddr, key->addr);
 
 	if (target_family && fam != target_family)
 		return 0;
@@ -267,24 +348,30 @@ static __always_inline void count_port(__u16 lport, struct delta *d)
 
 /* Common to every attach mode: sk is the accepted socket, lsk its listener
  * when the hook knows it (the accepted socket's own port reads 0 once the
- * client has reset it, and only the listener knows its queue). */
-static __always_inline void handle_accept(struct sock *sk, struct sock *lsk)
+ * client has reset it, and only the listener knows its queue). tcp: the
+ * caller has checked that sk is a TCP socket. */
+static __always_inline void handle_accept(bool direct, bool tcp, struct sock *sk, struct sock *lsk)
 {
 	if (!sk)
 		return;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (!tcp && RD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return;
 
-	__u16 lport = lsk ? BPF_CORE_READ(lsk, __sk_common.skc_num) : 0;
+	struct skc c = {};
+
+	if (!load_skc(direct, sk, &c))
+		return;
+	__u16 lport = lsk ? RD(direct, lsk, __sk_common.skc_num) : 0;
 
 	if (!lport)
-		lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+		lport = c.num;
 	if (!lport)
+		/* Past struct sock: not a direct load even where sk has BTF. */
 		lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
-	__u8 fam = watched(sk, lport, &key, laddr);
+	__u8 fam = watched(&c, lport, &key, laddr);
 
 	if (!fam)
 		return;
@@ -292,14 +379,12 @@ static __always_inline void handle_accept(struct sock *sk, struct sock *lsk)
 	/* The handshake's entry goes whoever accepted, or a filtered-out
 	 * accept would later count as never accepted. */
 	__u64 now = bpf_ktime_get_ns();
-	__u64 skp = (__u64)sk;
-	struct pending *p = bpf_map_lookup_elem(&aw_pending, &skp);
+	struct pending p;
 	struct delta d = { .accepted = true };
 
-	if (p) {
+	if (pending_take((__u64)sk, &p)) {
 		d.has_wait = true;
-		d.wait_ns = now > p->ts_ns ? now - p->ts_ns : 0;
-		bpf_map_delete_elem(&aw_pending, &skp);
+		d.wait_ns = now > p.ts_ns ? now - p.ts_ns : 0;
 	}
 
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -307,13 +392,15 @@ static __always_inline void handle_accept(struct sock *sk, struct sock *lsk)
 	if (target_tgid && tgid != target_tgid)
 		return;
 
-	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	__u8 state = c.state;
 
-	d.gone = state != TCP_ESTABLISHED;
+	/* SYN_RECV: the handshake's softirq is still finishing on another
+	 * CPU (the child is queued just before it turns ESTABLISHED). */
+	d.gone = state != TCP_ESTABLISHED && state != TCP_SYN_RECV;
 	if (lsk) {
 		d.has_backlog = true;
-		d.backlog = BPF_CORE_READ(lsk, sk_ack_backlog) + 1;
-		d.backlog_limit = BPF_CORE_READ(lsk, sk_max_ack_backlog);
+		d.backlog = RD(direct, lsk, sk_ack_backlog) + 1;
+		d.backlog_limit = RD(direct, lsk, sk_max_ack_backlog);
 	}
 	count_addr(&key, &d, now);
 	count_port(lport, &d);
@@ -334,7 +421,7 @@ static __always_inline void handle_accept(struct sock *sk, struct sock *lsk)
 	e->backlog = d.backlog;
 	e->backlog_max = d.backlog_limit;
 	e->lport = lport;
-	e->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	e->rport = bpf_ntohs(c.dport);
 	e->family = fam;
 	e->kind = EVENT_ACCEPT;
 	e->state = state;
@@ -355,7 +442,7 @@ static __always_inline void handle_accept(struct sock *sk, struct sock *lsk)
 SEC("fexit/inet_csk_accept")
 int BPF_PROG(aw_fexit_acc4, struct sock *lsk, int flags, int *err, bool kern, struct sock *ret)
 {
-	handle_accept(ret, lsk);
+	handle_accept(true, false, ret, lsk);
 	return 0;
 }
 
@@ -363,7 +450,7 @@ int BPF_PROG(aw_fexit_acc4, struct sock *lsk, int flags, int *err, bool kern, st
 SEC("fexit/inet_csk_accept")
 int BPF_PROG(aw_fexit_acc2, struct sock *lsk, void *arg, struct sock *ret)
 {
-	handle_accept(ret, lsk);
+	handle_accept(true, false, ret, lsk);
 	return 0;
 }
 
@@ -401,51 +488,82 @@ int BPF_KPROBE(aw_kprobe_acc, struct sock *lsk)
 SEC("kretprobe/inet_csk_accept")
 int BPF_KRETPROBE(aw_kretprobe_acc, struct sock *ret)
 {
-	handle_accept(ret, take_listener());
+	handle_accept(false, false, ret, take_listener());
 	return 0;
 }
 
-/* The TCP socket behind a file descriptor of the current process:
- * current->files->fdt->fd[fd]->private_data (struct socket)->sk, or for an
- * MPTCP socket its first subflow, which holds the accept queue and the
- * addresses (an MPTCP listener's own counters stay zero). */
-static __always_inline struct sock *fd_sock(long fd)
+/* The TCP socket behind a file descriptor, given the task's fd table:
+ * fdt->fd[fd]->private_data (struct socket)->sk, or for an MPTCP socket its
+ * first subflow, which holds the accept queue and the addresses (an MPTCP
+ * listener's own counters stay zero). NULL for anything else. */
+static __always_inline struct sock *fd_sock(struct file **fds, unsigned int max_fds, long fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds = BPF_CORE_READ(fdt, fd);
 	struct file *file = NULL;
 
-	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+	if (fd < 0 || fd >= max_fds)
 		return NULL;
 	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
 		return NULL;
 	struct socket *sock = BPF_CORE_READ(file, private_data);
 	struct sock *sk = sock ? BPF_CORE_READ(sock, sk) : NULL;
 
-	if (sk && BPF_CORE_READ(sk, sk_protocol) == IPPROTO_MPTCP &&
-	    bpf_core_field_exists(((struct mptcp_sock *)0)->first))
-		sk = BPF_CORE_READ((struct mptcp_sock *)sk, first);
-	return sk;
+	if (!sk)
+		return NULL;
+	__u16 protocol = BPF_CORE_READ(sk, sk_protocol);
+
+	if (protocol == IPPROTO_TCP)
+		return sk;
+	if (protocol == IPPROTO_MPTCP && bpf_core_field_exists(((struct mptcp_sock *)0)->first))
+		return BPF_CORE_READ((struct mptcp_sock *)sk, first);
+	return NULL;
 }
 
-/* Tracepoint mode, for kernels that allow only tracepoints: the listening
- * descriptor at entry of accept()/accept4(), the new one at exit. */
-SEC("tracepoint/syscalls/sys_enter_accept4")
-int aw_tp_enter(struct trace_event_raw_sys_enter *ctx)
+/* Tracepoint mode, for kernels that allow only tracepoints: the new
+ * descriptor is the return value of accept()/accept4(), the listening one
+ * their first argument, still in the task's saved registers at exit (5.15+:
+ * bpf_task_pt_regs). The task and its fd table are BTF pointers there. */
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int aw_tp_accept(struct trace_event_raw_sys_exit *ctx)
 {
-	save_listener(fd_sock(BPF_CORE_READ(ctx, args[0])));
+	long fd = ctx->ret;
+
+	if (fd < 0)
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pt_regs___kernel *regs = (struct pt_regs___kernel *)bpf_task_pt_regs(task);
+	struct fdtable *fdt = task->files->fdt;
+	struct file **fds = fdt->fd;
+	unsigned int max_fds = fdt->max_fds;
+
+	handle_accept(false, true, fd_sock(fds, max_fds, fd), fd_sock(fds, max_fds, regs->di));
+	return 0;
+}
+
+/* The same for older kernels: the listening descriptor is kept from the
+ * syscall's entry, by thread. */
+static __always_inline struct sock *current_fd_sock(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+
+	return fd_sock(BPF_CORE_READ(fdt, fd), BPF_CORE_READ(fdt, max_fds), fd);
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int aw_tp_enter_old(struct trace_event_raw_sys_enter *ctx)
+{
+	save_listener(current_fd_sock(ctx->args[0]));
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int aw_tp_accept(struct trace_event_raw_sys_exit *ctx)
+int aw_tp_accept_old(struct trace_event_raw_sys_exit *ctx)
 {
-	long fd = BPF_CORE_READ(ctx, ret);
+	long fd = ctx->ret;
 	struct sock *lsk = take_listener();
 
 	if (fd >= 0)
-		handle_accept(fd_sock(fd), lsk);
+		handle_accept(false, true, current_fd_sock(fd), lsk);
 	return 0;
 }
 
@@ -456,14 +574,15 @@ int BPF_PROG(aw_handshake, struct sock *sk, int oldstate, int newstate)
 {
 	if (oldstate != TCP_SYN_RECV || newstate != TCP_ESTABLISHED)
 		return 0;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 
-	__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	__u16 lport = sk->__sk_common.skc_num;
+	struct skc c = {};
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
 
-	if (!watched(sk, lport, &key, laddr))
+	if (!port_watched(lport) || !load_skc(true, sk, &c) || !watched(&c, lport, &key, laddr))
 		return 0;
 
 	struct delta d = { .handshake = true };
@@ -471,11 +590,9 @@ int BPF_PROG(aw_handshake, struct sock *sk, int oldstate, int newstate)
 
 	count_addr(&key, &d, now);
 
-	__u64 skp = (__u64)sk;
-	struct pending p = { .ts_ns = now, .lport = lport };
-
-	if (bpf_map_update_elem(&aw_pending, &skp, &p, BPF_ANY))
-		stat_inc(STAT_PENDING_FULL);
+	/* Already accepted (see handle_accept): nothing will wait. */
+	if (!sk->sk_socket)
+		pending_put((__u64)sk, now, lport);
 	return 0;
 }
 
@@ -484,19 +601,17 @@ int BPF_PROG(aw_handshake, struct sock *sk, int oldstate, int newstate)
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(aw_destroy, struct sock *sk)
 {
-	__u64 skp = (__u64)sk;
-	struct pending *p = bpf_map_lookup_elem(&aw_pending, &skp);
+	struct pending p;
 
-	if (!p)
+	if (!pending_take((__u64)sk, &p))
 		return 0;
-	__u16 lport = p->lport;
+	__u16 lport = p.lport;
 
-	bpf_map_delete_elem(&aw_pending, &skp);
-
+	struct skc c = {};
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
 
-	if (!watched(sk, lport, &key, laddr))
+	if (!load_skc(true, sk, &c) || !watched(&c, lport, &key, laddr))
 		return 0;
 	struct delta d = { .not_accepted = true };
 
@@ -510,11 +625,12 @@ int BPF_PROG(aw_destroy, struct sock *sk)
 SEC("tp_btf/tcp_retransmit_synack")
 int BPF_PROG(aw_synack, struct sock *lsk, struct sock *req)
 {
-	__u16 lport = BPF_CORE_READ(lsk, __sk_common.skc_num);
+	__u16 lport = lsk->__sk_common.skc_num;
+	struct skc c = {};
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
 
-	if (!watched(req, lport, &key, laddr))
+	if (!port_watched(lport) || !load_skc(true, req, &c) || !watched(&c, lport, &key, laddr))
 		return 0;
 	struct delta d = { .synack = true };
 
@@ -527,14 +643,14 @@ int BPF_PROG(aw_synack, struct sock *lsk, struct sock *req)
  * for every SYN a listening socket handles, before it may drop it (full
  * queues). The client's address is the source of the IP header. No
  * tracepoint shows this, so only the fexit and kretprobe modes count SYNs. */
-static __always_inline void count_syn(struct sock *lsk, struct sk_buff *skb)
+static __always_inline void count_syn(bool direct, struct sock *lsk, struct sk_buff *skb)
 {
-	__u16 lport = BPF_CORE_READ(lsk, __sk_common.skc_num);
+	__u16 lport = RD(direct, lsk, __sk_common.skc_num);
 
 	if (!port_watched(lport))
 		return;
-	unsigned char *ip = BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header);
-	__be16 proto = BPF_CORE_READ(skb, protocol);
+	unsigned char *ip = RD(direct, skb, head) + RD(direct, skb, network_header);
+	__be16 proto = RD(direct, skb, protocol);
 	struct addr_key key = {};
 	__u8 fam = 4;
 
@@ -565,13 +681,13 @@ static __always_inline void count_syn(struct sock *lsk, struct sk_buff *skb)
 SEC("fentry/tcp_conn_request")
 int BPF_PROG(aw_fentry_syn, void *rsk_ops, void *af_ops, struct sock *sk, struct sk_buff *skb)
 {
-	count_syn(sk, skb);
+	count_syn(true, sk, skb);
 	return 0;
 }
 
 SEC("kprobe/tcp_conn_request")
 int BPF_KPROBE(aw_kprobe_syn, void *rsk_ops, void *af_ops, struct sock *sk, struct sk_buff *skb)
 {
-	count_syn(sk, skb);
+	count_syn(false, sk, skb);
 	return 0;
 }

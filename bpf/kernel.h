@@ -27,6 +27,7 @@ typedef _Bool bool;
 struct in6_addr {
 	union {
 		__u8 u6_addr8[16];
+		__be32 u6_addr32[4]; /* aligns the struct: 4-byte loads, not 16 of one byte */
 	} in6_u;
 };
 
@@ -47,6 +48,7 @@ struct sock {
 	__u16 sk_type;
 	__u32 sk_ack_backlog;
 	__u32 sk_max_ack_backlog;
+	struct socket *sk_socket; /* set when accept() takes the socket */
 };
 
 struct inet_sock {
@@ -85,6 +87,12 @@ struct files_struct {
 
 struct task_struct {
 	struct files_struct *files;
+};
+
+/* The kernel's x86-64 pt_regs (the ___kernel suffix keeps it apart from the
+ * UAPI struct of the same name; CO-RE ignores it when matching). */
+struct pt_regs___kernel {
+	unsigned long di;
 };
 
 struct trace_entry {

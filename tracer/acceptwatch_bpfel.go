@@ -22,17 +22,17 @@ type acceptwatchAddrStats struct {
 	_             structs.HostLayout
 	Accepted      uint64
 	Handshakes    uint64
-	FirstNs       uint64
 	LastNs        uint64
+	WaitMaxNs     uint64
+	Window        uint32
+	Pad           uint32
+	FirstNs       uint64
 	WindowFirstNs uint64
 	NotAccepted   uint64
 	Gone          uint64
 	SynackRetrans uint64
 	Syns          uint64
-	WaitMaxNs     uint64
 	WaitHist      [32]uint32
-	Window        uint32
-	Pad           uint32
 }
 
 type acceptwatchEvent struct {
@@ -120,7 +120,8 @@ const (
 	acceptwatchProgAwKretprobeAcc  = "aw_kretprobe_acc"
 	acceptwatchProgAwSynack        = "aw_synack"
 	acceptwatchProgAwTpAccept      = "aw_tp_accept"
-	acceptwatchProgAwTpEnter       = "aw_tp_enter"
+	acceptwatchProgAwTpAcceptOld   = "aw_tp_accept_old"
+	acceptwatchProgAwTpEnterOld    = "aw_tp_enter_old"
 	acceptwatchVarEmitEvents       = "emit_events"
 	acceptwatchVarFilterPorts      = "filter_ports"
 	acceptwatchVarTargetFamily     = "target_family"
@@ -186,7 +187,8 @@ type acceptwatchProgramSpecs struct {
 	AwKretprobeAcc *ebpf.ProgramSpec `ebpf:"aw_kretprobe_acc"`
 	AwSynack       *ebpf.ProgramSpec `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.ProgramSpec `ebpf:"aw_tp_accept"`
-	AwTpEnter      *ebpf.ProgramSpec `ebpf:"aw_tp_enter"`
+	AwTpAcceptOld  *ebpf.ProgramSpec `ebpf:"aw_tp_accept_old"`
+	AwTpEnterOld   *ebpf.ProgramSpec `ebpf:"aw_tp_enter_old"`
 }
 
 // acceptwatchMapSpecs contains maps before they are loaded into the kernel.
@@ -291,7 +293,8 @@ type acceptwatchPrograms struct {
 	AwKretprobeAcc *ebpf.Program `ebpf:"aw_kretprobe_acc"`
 	AwSynack       *ebpf.Program `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.Program `ebpf:"aw_tp_accept"`
-	AwTpEnter      *ebpf.Program `ebpf:"aw_tp_enter"`
+	AwTpAcceptOld  *ebpf.Program `ebpf:"aw_tp_accept_old"`
+	AwTpEnterOld   *ebpf.Program `ebpf:"aw_tp_enter_old"`
 }
 
 func (p *acceptwatchPrograms) Close() error {
@@ -306,7 +309,8 @@ func (p *acceptwatchPrograms) Close() error {
 		p.AwKretprobeAcc,
 		p.AwSynack,
 		p.AwTpAccept,
-		p.AwTpEnter,
+		p.AwTpAcceptOld,
+		p.AwTpEnterOld,
 	)
 }
 

@@ -141,9 +141,10 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 
 func (t *Tracer) collectPorts(c *Counts, window bool) error {
 	var port uint32
-	var v acceptwatchPortStats
+	var perCPU []acceptwatchPortStats
 	it := t.lports.Iterate()
-	for it.Next(&port, &v) {
+	for it.Next(&port, &perCPU) {
+		v := mergePortStats(perCPU)
 		d := v
 		if window {
 			p := t.prevPorts[uint16(port)]
@@ -175,6 +176,24 @@ func (t *Tracer) collectPorts(c *Counts, window bool) error {
 	}
 	slices.SortFunc(c.Listeners, func(a, b report.PortStats) int { return int(a.Port) - int(b.Port) })
 	return nil
+}
+
+// mergePortStats adds up a port's per-CPU counters.
+func mergePortStats(perCPU []acceptwatchPortStats) acceptwatchPortStats {
+	var m acceptwatchPortStats
+	for _, v := range perCPU {
+		m.Accepted += v.Accepted
+		m.NotAccepted += v.NotAccepted
+		m.SynackRetrans += v.SynackRetrans
+		m.Syns += v.Syns
+		m.WaitMaxNs = max(m.WaitMaxNs, v.WaitMaxNs)
+		m.BacklogMax = max(m.BacklogMax, v.BacklogMax)
+		m.BacklogLimit = max(m.BacklogLimit, v.BacklogLimit)
+		for i := range m.WaitHist {
+			m.WaitHist[i] += v.WaitHist[i]
+		}
+	}
+	return m
 }
 
 func subAddr(v, p acceptwatchAddrStats) acceptwatchAddrStats {

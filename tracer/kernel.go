@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -9,20 +10,21 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
-	"github.com/cilium/ebpf/features"
 	"golang.org/x/sys/unix"
 )
 
 // fexitProgram picks the fexit variant that matches inet_csk_accept's
 // signature in the running kernel: 4 parameters before 6.10, 2 from 6.10.
-func fexitProgram() (string, error) {
+func fexitProgram(cache *btf.Cache) (string, error) {
 	// Locked-down kernels refuse tracing programs with EPERM, and the
-	// loader's "MEMLOCK may be too low" hint would then mislead.
-	if err := features.HaveProgramType(ebpf.Tracing); err != nil {
+	// loader's "MEMLOCK may be too low" hint would then mislead: try a
+	// minimal fexit program first.
+	if err := probeFexit(cache); err != nil {
 		return "", fmt.Errorf("kernel refuses fentry/fexit programs: %w", err)
 	}
-	kernel, err := btf.LoadKernelSpec()
+	kernel, err := cache.Kernel()
 	if err != nil {
 		return "", fmt.Errorf("reading kernel BTF: %w", err)
 	}
@@ -42,6 +44,48 @@ func fexitProgram() (string, error) {
 	default:
 		return "", fmt.Errorf("inet_csk_accept has %d parameters, expected 2 or 4", n)
 	}
+}
+
+// probeFexit loads an empty fexit program on inet_csk_accept, with the
+// shared kernel BTF (features.HaveProgramType would parse it again).
+func probeFexit(cache *btf.Cache) error {
+	spec := &ebpf.CollectionSpec{Programs: map[string]*ebpf.ProgramSpec{"probe": {
+		Type:         ebpf.Tracing,
+		AttachType:   ebpf.AttachTraceFExit,
+		AttachTo:     "inet_csk_accept",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+		License:      "GPL",
+	}}}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Cache: cache})
+	if err != nil {
+		var errno unix.Errno
+		if errors.As(err, &errno) {
+			return fmt.Errorf("loading a fexit program: %w", errno)
+		}
+		return err
+	}
+	coll.Close()
+	return nil
+}
+
+// tracepointPrograms picks the tracepoint variant: one program at the exit
+// of accept() reading the listening descriptor from the saved registers
+// (bpf_task_pt_regs, 5.15+), or on older kernels an entry program too.
+func tracepointPrograms(cache *btf.Cache) ([]string, error) {
+	kernel, err := cache.Kernel()
+	if err != nil {
+		return nil, fmt.Errorf("reading kernel BTF: %w", err)
+	}
+	var helpers *btf.Enum
+	if err := kernel.TypeByName("bpf_func_id", &helpers); err != nil {
+		return nil, fmt.Errorf("finding the BPF helper list in kernel BTF: %w", err)
+	}
+	for _, v := range helpers.Values {
+		if v.Name == "BPF_FUNC_task_pt_regs" {
+			return []string{"aw_tp_accept"}, nil
+		}
+	}
+	return []string{"aw_tp_enter_old", "aw_tp_accept_old"}, nil
 }
 
 // haveKprobes fails fast where the kernel has no kprobes (no kprobe PMU and

@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -53,7 +54,8 @@ type Config struct {
 type Tracer struct {
 	mode        string
 	synsCounted bool
-	coll        *ebpf.Collection
+	maps        *ebpf.Collection // every map, made once for all modes tried
+	coll        *ebpf.Collection // the chosen mode's programs
 	links       []link.Link
 	reader      *ringbuf.Reader
 	addrs       *ebpf.Map
@@ -85,11 +87,24 @@ func Open(cfg Config) (*Tracer, error) {
 	if cfg.MaxAddresses == 0 {
 		cfg.MaxAddresses = DefaultMaxAddresses
 	}
+	// Start-up is mostly parsing the kernel's BTF (CO-RE, finding attach
+	// targets): start it now, once for every mode tried, and create the
+	// maps on the other core meanwhile.
+	cache := btf.NewCache()
+	go cache.Kernel() //nolint:errcheck // the loads below report its error
+
 	spec, err := loadAcceptwatch()
 	if err != nil {
 		return nil, fmt.Errorf("loading BPF objects: %w", err)
 	}
 	if err := configure(spec, cfg); err != nil {
+		return nil, err
+	}
+	maps, err := createMaps(spec, cfg)
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) && os.Geteuid() != 0 {
+			return nil, ErrPrivileges
+		}
 		return nil, err
 	}
 
@@ -110,7 +125,7 @@ func Open(cfg Config) (*Tracer, error) {
 	}
 	var reasons []string
 	for _, mode := range modes {
-		t, err := openMode(spec, mode, cfg, tracefsErr)
+		t, err := openMode(spec, maps, cache, mode, cfg, tracefsErr)
 		if err == nil {
 			logf("attach mode %s: attached", mode)
 			return t, nil
@@ -119,9 +134,11 @@ func Open(cfg Config) (*Tracer, error) {
 		logf("attach mode %s: failed: %s", mode, reason)
 		reasons = append(reasons, mode+": "+reason)
 		if errors.Is(err, os.ErrPermission) && os.Geteuid() != 0 {
+			maps.Close()
 			return nil, ErrPrivileges
 		}
 	}
+	maps.Close()
 	return nil, fmt.Errorf("no attach mode works on this kernel (%s)", strings.Join(reasons, "; "))
 }
 
@@ -156,22 +173,42 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	return nil
 }
 
-// openMode loads the accept program of one mode and the handshake program (no
-// other program is loaded), fills the port filter and attaches.
-func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr error) (_ *Tracer, err error) {
+// createMaps creates every map and fills the port filter, before any program
+// can run.
+func createMaps(spec *ebpf.CollectionSpec, cfg Config) (_ *ebpf.Collection, err error) {
+	spec = spec.Copy()
+	spec.Programs = nil
+	maps, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return nil, fmt.Errorf("creating maps: %w", err)
+	}
+	for _, p := range cfg.Ports {
+		if err := maps.Maps["aw_ports"].Put(uint32(p), uint8(1)); err != nil {
+			maps.Close()
+			return nil, fmt.Errorf("setting port filter: %w", err)
+		}
+	}
+	return maps, nil
+}
+
+// openMode loads the accept programs of one mode and the TCP tracepoint
+// programs (no other program is loaded) and attaches them.
+func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache, mode string, cfg Config, tracefsErr error) (_ *Tracer, err error) {
 	var accept []string // the accept hook's programs, in attach order
 	var syn string      // counts SYNs where the mode can (optional)
 	switch mode {
 	case ModeFexit:
 		var prog string
-		prog, err = fexitProgram()
+		prog, err = fexitProgram(cache)
 		accept, syn = []string{prog}, "aw_fentry_syn"
 	case ModeKretprobe:
 		accept, syn = []string{"aw_kprobe_acc", "aw_kretprobe_acc"}, "aw_kprobe_syn"
 		err = haveKprobes()
 	case ModeTracepoint:
-		accept = []string{"aw_tp_enter", "aw_tp_accept"}
 		err = tracefsErr
+		if err == nil {
+			accept, err = tracepointPrograms(cache)
+		}
 	default:
 		return nil, fmt.Errorf("unknown attach mode %q", mode)
 	}
@@ -180,13 +217,15 @@ func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr err
 	}
 
 	logf := cfg.Logf
+	logf("attach mode %s: loading %s", mode, strings.Join(accept, ", "))
 	keep := append(slices.Clone(tcpPrograms), accept...)
-	coll, err := loadPrograms(spec, append(keep, syn))
+	opts := ebpf.CollectionOptions{MapReplacements: maps.Maps, Cache: cache}
+	coll, err := loadPrograms(spec, append(keep, syn), opts)
 	if err != nil && syn != "" {
 		// SYN counting is a bonus: load the mode without it.
 		logf("attach mode %s: SYN counting unavailable: %s", mode, oneLine(err.Error()))
 		syn = ""
-		coll, err = loadPrograms(spec, keep)
+		coll, err = loadPrograms(spec, keep, opts)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("loading programs: %w", err)
@@ -194,29 +233,25 @@ func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr err
 	mono, wall := monotonicNow()
 	t := &Tracer{
 		mode:      mode,
+		maps:      maps,
 		coll:      coll,
-		addrs:     coll.Maps["aw_addrs"],
-		lports:    coll.Maps["aw_lports"],
-		stats:     coll.Maps["aw_stats"],
-		window:    coll.Variables["window_id"],
+		addrs:     maps.Maps["aw_addrs"],
+		lports:    maps.Maps["aw_lports"],
+		stats:     maps.Maps["aw_stats"],
+		window:    maps.Variables["window_id"],
 		bootWall:  wall.Add(-mono),
 		prev:      map[[16]byte]acceptwatchAddrStats{},
 		prevPorts: map[uint16]acceptwatchPortStats{},
 	}
 	defer func() {
 		if err != nil {
+			t.maps = nil // the caller's, for the next mode
 			t.Close()
 		}
 	}()
 
-	// Fill the filter before attaching, so that no event slips past it.
-	for _, p := range cfg.Ports {
-		if err := coll.Maps["aw_ports"].Put(uint32(p), uint8(1)); err != nil {
-			return nil, fmt.Errorf("setting port filter: %w", err)
-		}
-	}
 	if cfg.LiveEvents {
-		t.reader, err = ringbuf.NewReader(coll.Maps["aw_events"])
+		t.reader, err = ringbuf.NewReader(maps.Maps["aw_events"])
 		if err != nil {
 			return nil, fmt.Errorf("opening ring buffer: %w", err)
 		}
@@ -234,11 +269,14 @@ func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr err
 			err = fmt.Errorf("kernel has no kprobe support (no kprobe PMU or kprobe_events): %w", err)
 		}
 	case ModeTracepoint:
+		// One program at exit, or an entry and an exit program (old kernels).
 		for _, name := range []string{"accept4", "accept"} {
-			if err = t.attach(link.Tracepoint("syscalls", "sys_enter_"+name, progs(0), nil)); err != nil {
-				break
+			if len(accept) == 2 {
+				if err = t.attach(link.Tracepoint("syscalls", "sys_enter_"+name, progs(0), nil)); err != nil {
+					break
+				}
 			}
-			if err = t.attach(link.Tracepoint("syscalls", "sys_exit_"+name, progs(1), nil)); err != nil {
+			if err = t.attach(link.Tracepoint("syscalls", "sys_exit_"+name, progs(len(accept)-1), nil)); err != nil {
 				break
 			}
 		}
@@ -273,15 +311,15 @@ func openMode(spec *ebpf.CollectionSpec, mode string, cfg Config, tracefsErr err
 	return t, nil
 }
 
-// loadPrograms loads the maps and only the named programs.
-func loadPrograms(spec *ebpf.CollectionSpec, names []string) (*ebpf.Collection, error) {
+// loadPrograms loads only the named programs, on the maps in opts.
+func loadPrograms(spec *ebpf.CollectionSpec, names []string, opts ebpf.CollectionOptions) (*ebpf.Collection, error) {
 	spec = spec.Copy()
 	for name := range spec.Programs {
 		if !slices.Contains(names, name) {
 			delete(spec.Programs, name)
 		}
 	}
-	return ebpf.NewCollection(spec)
+	return ebpf.NewCollectionWithOptions(spec, opts)
 }
 
 func (t *Tracer) attach(l link.Link, err error) error {
@@ -312,6 +350,10 @@ func (t *Tracer) Close() error {
 	if t.coll != nil {
 		t.coll.Close()
 		t.coll = nil
+	}
+	if t.maps != nil {
+		t.maps.Close()
+		t.maps = nil
 	}
 	return errors.Join(errs...)
 }
