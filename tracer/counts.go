@@ -147,15 +147,8 @@ func (t *Tracer) collectPorts(c *Counts, window bool) error {
 		v := mergePortStats(perCPU)
 		d := v
 		if window {
-			p := t.prevPorts[uint16(port)]
+			d = subPort(v, t.prevPorts[uint16(port)])
 			t.prevPorts[uint16(port)] = v
-			d.Accepted -= p.Accepted
-			d.NotAccepted -= p.NotAccepted
-			d.SynackRetrans -= p.SynackRetrans
-			d.Syns -= p.Syns
-			for i := range d.WaitHist {
-				d.WaitHist[i] -= p.WaitHist[i]
-			}
 			if d.Accepted+d.NotAccepted+d.SynackRetrans+d.Syns == 0 {
 				continue
 			}
@@ -194,6 +187,18 @@ func mergePortStats(perCPU []acceptwatchPortStats) acceptwatchPortStats {
 		}
 	}
 	return m
+}
+
+// subPort is subAddr for a port's counters (maxima and backlog stay as they are).
+func subPort(v, p acceptwatchPortStats) acceptwatchPortStats {
+	v.Accepted -= p.Accepted
+	v.NotAccepted -= p.NotAccepted
+	v.SynackRetrans -= p.SynackRetrans
+	v.Syns -= p.Syns
+	for i := range v.WaitHist {
+		v.WaitHist[i] -= p.WaitHist[i]
+	}
+	return v
 }
 
 func subAddr(v, p acceptwatchAddrStats) acceptwatchAddrStats {

@@ -71,10 +71,7 @@ func (s *server) acceptLoop() {
 			break // EINVAL once the listener is shut down
 		}
 		unix.Close(nfd)
-		select {
-		case <-s.inFlight:
-		default: // a connection its client had given up on
-		}
+		s.release()
 		if a, ok := sa.(*unix.SockaddrInet4); ok {
 			local[a.Addr]++
 		}
@@ -85,6 +82,15 @@ func (s *server) acceptLoop() {
 		s.perAddr[k] += v
 	}
 	s.mu.Unlock()
+}
+
+// release gives back a connection's in-flight token; none is left when a
+// client gave up on a connection the server then accepted.
+func (s *server) release() {
+	select {
+	case <-s.inFlight:
+	default:
+	}
 }
 
 // close stops the acceptors (shutdown wakes a blocked accept) and returns the
@@ -203,10 +209,7 @@ func storm(s *server, workers int, src source, d time.Duration, limit uint64, ot
 						break
 					}
 					failed.Add(1)
-					select {
-					case <-s.inFlight:
-					default:
-					}
+					s.release()
 				}
 			}
 		}()
