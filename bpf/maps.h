@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Knobs, maps and the counters every hook family updates. */
+#pragma once
+
+#include "kernel.h"
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#include "acceptwatch.h"
+
+/* Knobs set by user space before load; the verifier sees them as constants. */
+const volatile __u32 target_tgid = 0;     /* 0: every process */
+const volatile __u8 target_family = 0;    /* 0, 4 or 6 */
+const volatile bool filter_ports = false; /* false: every port */
+const volatile bool emit_events = true;   /* false: counters only (--quiet) */
+const volatile __u64 wakeup_bytes = 0;    /* wake the reader once this much is queued */
+
+/* Bumped by user space at each --interval boundary. */
+volatile __u32 window_id = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} aw_events SEC(".maps");
+
+/* Watched local ports: an array indexed by port is one load, no hashing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} aw_ports SEC(".maps");
+
+/* Exact counts per remote address; max_entries is --max-addresses. A plain
+ * hash, not LRU: a full map must count its overflow, never evict silently. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct addr_key);
+	__type(value, struct addr_stats);
+} aw_addrs SEC(".maps");
+
+/* Per listening port, per CPU: every accept updates its port's counters, and
+ * one shared copy would bounce between the CPUs' caches. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct port_stats);
+} aw_lports SEC(".maps");
+
+/* Completed handshakes not yet accepted, by child socket address. (A
+ * direct-mapped array keyed by the connection hash was tried: no cheaper
+ * here, as the cost is the cache line moving from the handshake's CPU to the
+ * acceptor's, which any table pays.) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct pending);
+} aw_pending SEC(".maps");
+
+/* The listener of an accept() under way, by thread: kretprobe and
+ * tracepoint modes see it at entry and need it at exit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} aw_listeners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} aw_stats SEC(".maps");
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&aw_stats, &idx);
+
+	if (v)
+		(*v)++;
+}
+
+/* Records a completed handshake of socket sk. */
+static __always_inline void pending_put(__u64 sk, __u64 ts, __u16 lport)
+{
+	struct pending p = { .ts_ns = ts, .lport = lport };
+
+	if (bpf_map_update_elem(&aw_pending, &sk, &p, BPF_ANY))
+		stat_inc(STAT_PENDING_FULL);
+}
+
+/* Takes the handshake record of socket sk out, if there is one. */
+static __always_inline bool pending_take(__u64 sk, struct pending *out)
+{
+	struct pending *p = bpf_map_lookup_elem(&aw_pending, &sk);
+
+	if (!p)
+		return false;
+	*out = *p;
+	bpf_map_delete_elem(&aw_pending, &sk);
+	return true;
+}
+
+static __always_inline bool port_watched(__u16 port)
+{
+	__u32 key = port;
+	__u8 *on;
+
+	if (!filter_ports)
+		return true;
+	on = bpf_map_lookup_elem(&aw_ports, &key);
+	return on && *on;
+}
+
+static __always_inline __u32 wait_bucket(__u64 ns)
+{
+	__u64 us = ns / 1000;
+	__u32 b = 0;
+
+	/* floor(log2(us)) + 1 without a loop; 0 for waits under 1 us. */
+	if (us >= 1ULL << 16) { us >>= 16; b += 16; }
+	if (us >= 1ULL << 8) { us >>= 8; b += 8; }
+	if (us >= 1ULL << 4) { us >>= 4; b += 4; }
+	if (us >= 1ULL << 2) { us >>= 2; b += 2; }
+	if (us >= 1ULL << 1) { us >>= 1; b += 1; }
+	b += us; /* us is 0 or 1 here */
+	if (b > WAIT_BUCKETS - 1)
+		b = WAIT_BUCKETS - 1;
+	return b;
+}
+
+static __always_inline void max_u64(__u64 *dst, __u64 v)
+{
+	if (v > *dst)
+		*dst = v;
+}
+
+/* What one event adds to an address's or a port's counters. */
+struct delta {
+	bool accepted, handshake, not_accepted, gone, synack, syn, has_wait, has_backlog;
+	__u64 wait_ns;
+	__u32 backlog, backlog_limit;
+};
+
+static __always_inline struct addr_stats *addr_entry(struct addr_key *key, __u64 now)
+{
+	struct addr_stats *st = bpf_map_lookup_elem(&aw_addrs, key);
+
+	if (st)
+		return st;
+	struct addr_stats init = {
+		.first_ns = now,
+		.last_ns = now,
+		.window_first_ns = now,
+		.window = window_id,
+	};
+	/* NOEXIST: another CPU may have inserted it first; then use theirs. */
+	bpf_map_update_elem(&aw_addrs, key, &init, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&aw_addrs, key);
+}
+
+/* now is the caller's bpf_ktime_get_ns(): one clock read per event. */
+static __always_inline void count_addr(struct addr_key *key, struct delta *d, __u64 now)
+{
+	struct addr_stats *st = addr_entry(key, now);
+
+	if (!st) {
+		stat_inc(d->accepted ? STAT_OVERFLOW_ACCEPTS :
+			 d->handshake ? STAT_OVERFLOW_HANDSHAKES : STAT_OVERFLOW_OTHER);
+		return;
+	}
+	if (d->accepted)
+		__sync_fetch_and_add(&st->accepted, 1);
+	if (d->handshake)
+		__sync_fetch_and_add(&st->handshakes, 1);
+	if (d->not_accepted)
+		__sync_fetch_and_add(&st->not_accepted, 1);
+	if (d->gone)
+		__sync_fetch_and_add(&st->gone, 1);
+	if (d->synack)
+		__sync_fetch_and_add(&st->synack_retrans, 1);
+	if (d->syn)
+		__sync_fetch_and_add(&st->syns, 1);
+	if (d->has_wait) {
+		__u32 b = wait_bucket(d->wait_ns) & (WAIT_BUCKETS - 1);
+
+		__sync_fetch_and_add(&st->wait_hist[b], 1);
+		max_u64(&st->wait_max_ns, d->wait_ns);
+	}
+	st->last_ns = now;
+	if (st->window != window_id) {
+		st->window = window_id;
+		st->window_first_ns = now;
+	}
+}
+
+static __always_inline void count_port(__u16 lport, struct delta *d)
+{
+	__u32 key = lport;
+	struct port_stats *ps = bpf_map_lookup_elem(&aw_lports, &key);
+
+	if (!ps) {
+		struct port_stats init = {};
+
+		bpf_map_update_elem(&aw_lports, &key, &init, BPF_NOEXIST);
+		ps = bpf_map_lookup_elem(&aw_lports, &key);
+		if (!ps) {
+			stat_inc(STAT_PORTS_FULL);
+			return;
+		}
+	}
+	if (d->accepted)
+		__sync_fetch_and_add(&ps->accepted, 1);
+	if (d->not_accepted)
+		__sync_fetch_and_add(&ps->not_accepted, 1);
+	if (d->synack)
+		__sync_fetch_and_add(&ps->synack_retrans, 1);
+	if (d->syn)
+		__sync_fetch_and_add(&ps->syns, 1);
+	if (d->has_wait) {
+		__u32 b = wait_bucket(d->wait_ns) & (WAIT_BUCKETS - 1);
+
+		__sync_fetch_and_add(&ps->wait_hist[b], 1);
+		max_u64(&ps->wait_max_ns, d->wait_ns);
+	}
+	if (d->has_backlog) {
+		if (d->backlog > ps->backlog_max)
+			ps->backlog_max = d->backlog;
+		ps->backlog_limit = d->backlog_limit;
+	}
+}
