@@ -55,6 +55,8 @@ type jsonAddr struct {
 	SynackRetrans uint64   `json:"synack_retrans"`
 	Syns          *uint64  `json:"syns"`
 	QueueWait     jsonWait `json:"queue_wait"`
+	Open          *uint64  `json:"open"`     // null: no snapshot
+	SynRecv       *uint64  `json:"syn_recv"` // null: no snapshot
 }
 
 type jsonSummary struct {
@@ -77,6 +79,8 @@ type jsonSummary struct {
 	KernelCounters     map[string]uint64 `json:"kernel_counters"`
 	Findings           []string          `json:"findings"`
 	Listeners          []jsonPort        `json:"listeners"`
+	ConnectionsNow     *jsonStates       `json:"connections_now"` // null: no snapshot
+	NetNS              *uint64           `json:"netns"`
 }
 
 func (j *jsonWriter) write(v any) error {
@@ -199,6 +203,10 @@ func (j *jsonWriter) Summary(s Summary) error {
 	if out.Ports == nil {
 		out.Ports = []string{}
 	}
+	if s.Now != nil {
+		now := statesJSON(*s.Now)
+		out.ConnectionsNow, out.NetNS = &now, &s.NetNS
+	}
 	// The head is encoded whole; the addresses (a million of them, at
 	// scale) one at a time, so that no second copy of them is built.
 	j.buf.Reset()
@@ -223,6 +231,8 @@ func (j *jsonWriter) Summary(s Summary) error {
 			SynackRetrans: a.SynackRetrans,
 			Syns:          u64If(a.Syns, s.SynsCounted),
 			QueueWait:     waitJSON(a.Wait),
+			Open:          u64If(a.Open, s.Now != nil),
+			SynRecv:       u64If(a.SynRecv, s.Now != nil),
 		}); err != nil {
 			return err
 		}

@@ -52,6 +52,10 @@ type AddrStats struct {
 	SynackRetrans uint64 // SYN-ACKs resent: handshakes the client did not finish
 	Syns          uint64 // SYNs that reached a listener; see Summary.SynsCounted
 	Wait          Wait
+	// Connections from the address now, from the snapshot taken when the
+	// summary was made (see Summary.Now).
+	Open    uint64 // ESTABLISHED
+	SynRecv uint64 // half-open
 }
 
 // PortStats is one listening port's accept-queue view over a window.
@@ -92,6 +96,10 @@ type Summary struct {
 	KernelCounters     []KernelCounter // fixed order, zeros included
 	Findings           []string        // one line each: what looks wrong
 	Final              bool            // true for the end-of-run summary, false for --interval windows
+	// Connections to the watched ports when the summary was made (a
+	// sock_diag snapshot of NetNS); nil: none was taken.
+	Now   *ConnStates
+	NetNS uint64
 }
 
 // Writer receives live events and summaries.
@@ -118,13 +126,17 @@ func family(a netip.Addr) int {
 }
 
 // SortAddresses sorts in place by Accepted descending, then Handshakes
-// descending, then address ascending, so ties are deterministic.
+// descending, then Open descending, then address ascending, so ties are
+// deterministic.
 func SortAddresses(s []AddrStats) {
 	slices.SortStableFunc(s, func(a, b AddrStats) int {
 		if c := cmp.Compare(b.Accepted, a.Accepted); c != 0 {
 			return c
 		}
 		if c := cmp.Compare(b.Handshakes, a.Handshakes); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(b.Open+b.SynRecv, a.Open+a.SynRecv); c != 0 {
 			return c
 		}
 		return a.Addr.Compare(b.Addr)

@@ -279,6 +279,8 @@ type jsonLine struct {
 	KernelCounters  map[string]uint64 `json:"kernel_counters"`
 	Findings        []string          `json:"findings"`
 	Listeners       []json.RawMessage `json:"listeners"`
+	ConnectionsNow  json.RawMessage   `json:"connections_now"`
+	NetNS           *uint64           `json:"netns"`
 	Addresses       []struct {
 		Addr          string          `json:"addr"`
 		Accepted      uint64          `json:"accepted"`
@@ -290,6 +292,8 @@ type jsonLine struct {
 		SynackRetrans uint64          `json:"synack_retrans"`
 		Syns          *uint64         `json:"syns"`
 		QueueWait     json.RawMessage `json:"queue_wait"`
+		Open          *uint64         `json:"open"`
+		SynRecv       *uint64         `json:"syn_recv"`
 	} `json:"addresses"`
 }
 
@@ -399,7 +403,7 @@ func TestJSONKeyOrder(t *testing.T) {
 			"queue_wait_us", "backlog", "backlog_max", "client_gone", "state"},
 		{"type", "final", "start", "end", "duration_s", "attach_mode", "ports", "total_accepted", "total_handshakes",
 			"lost_events", "address_overflow", "max_addresses", "total_not_accepted", "total_client_gone",
-			"total_synack_retrans", "total_syns", "kernel_counters", "findings", "listeners", "addresses"},
+			"total_synack_retrans", "total_syns", "kernel_counters", "findings", "listeners", "connections_now", "netns", "addresses"},
 	}
 	for i := 0; sc.Scan(); i++ {
 		line := sc.Text()

@@ -130,12 +130,21 @@ func (t *textWriter) Summary(s Summary) error {
 		}
 		return slices.Insert(cells, 2, n)
 	}
-	tb := table{align: strings.Join(syns(strings.Split("lrrrrrrrrll", ""), "r"), "")}
-	tb.add(syns([]string{"REMOTE", "ACCEPTED", "HANDSHAKES", "NOT_ACC", "GONE", "SYNACK_RT", "WAIT_P50", "WAIT_P99", "WAIT_MAX", "FIRST", "LAST"}, "SYNS")...)
+	// OPEN and SYN_RECV (connections now) after SYNACK_RT, where a
+	// snapshot was taken.
+	now := func(cells []string, open, synRecv string) []string {
+		if s.Now == nil {
+			return cells
+		}
+		return slices.Insert(cells, 6, open, synRecv)
+	}
+	cols := func(cells []string, n, open, synRecv string) []string { return syns(now(cells, open, synRecv), n) }
+	tb := table{align: strings.Join(cols(strings.Split("lrrrrrrrrll", ""), "r", "r", "r"), "")}
+	tb.add(cols([]string{"REMOTE", "ACCEPTED", "HANDSHAKES", "NOT_ACC", "GONE", "SYNACK_RT", "WAIT_P50", "WAIT_P99", "WAIT_MAX", "FIRST", "LAST"}, "SYNS", "OPEN", "SYN_RECV")...)
 	for _, a := range shown {
-		tb.add(syns([]string{a.Addr.String(), num(a.Accepted), num(a.Handshakes), num(a.NotAccepted), num(a.ClientGone),
+		tb.add(cols([]string{a.Addr.String(), num(a.Accepted), num(a.Handshakes), num(a.NotAccepted), num(a.ClientGone),
 			num(a.SynackRetrans), dur(a.Wait.P50, a.Wait.Count), dur(a.Wait.P99, a.Wait.Count),
-			dur(a.Wait.Max, a.Wait.Count), clock(a.First, loc), clock(a.Last, loc)}, num(a.Syns))...)
+			dur(a.Wait.Max, a.Wait.Count), clock(a.First, loc), clock(a.Last, loc)}, num(a.Syns), num(a.Open), num(a.SynRecv))...)
 	}
 	if len(rest) > 0 {
 		var m uint64
@@ -147,8 +156,12 @@ func (t *textWriter) Summary(s Summary) error {
 	if len(addrs) == 0 {
 		tb.line("no connections")
 	}
-	tb.add(syns([]string{"TOTAL", num(s.TotalAccepted), num(s.TotalHandshakes), num(s.TotalNotAccepted),
-		num(s.TotalClientGone), num(s.TotalSynackRetrans)}, num(s.TotalSyns))...)
+	var nowTotal ConnStates
+	if s.Now != nil {
+		nowTotal = *s.Now
+	}
+	tb.add(cols([]string{"TOTAL", num(s.TotalAccepted), num(s.TotalHandshakes), num(s.TotalNotAccepted),
+		num(s.TotalClientGone), num(s.TotalSynackRetrans)}, num(s.TotalSyns), num(nowTotal.Established), num(nowTotal.SynRecv))...)
 	tb.write(b)
 
 	if len(s.Listeners) > 0 {
@@ -165,6 +178,10 @@ func (t *textWriter) Summary(s Summary) error {
 		pt.write(b)
 	}
 
+	if c := s.Now; c != nil {
+		fmt.Fprintf(b, "connections now: %d (ESTABLISHED %d, SYN_RECV %d, CLOSE_WAIT %d, TIME_WAIT %d, FIN_WAIT %d, other %d), netns %d\n",
+			c.Total(), c.Established, c.SynRecv, c.CloseWait, c.TimeWait, c.FinWait, c.Other, s.NetNS)
+	}
 	fmt.Fprintf(b, "lost live events: %d\n", s.LostEvents)
 	fmt.Fprintf(b, "address-map overflow: %d", s.AddressOverflow)
 	if s.AddressOverflow > 0 {
