@@ -32,6 +32,7 @@ type options struct {
 	waitThreshold     time.Duration
 	halfOpenThreshold uint64
 	readyFile         string // test hook: written once tracing has started
+	snapshot          snapshotOptions
 
 	portList  []uint16 // parsed from ports
 	portNames []string // normalised, for display
@@ -53,6 +54,7 @@ const examples = `Examples:
   sudo acceptwatch -port 22 --interval 10s  # a summary every 10 s
   sudo acceptwatch -port 80 -o json | jq .  # one JSON object per line
   sudo acceptwatch -v --attach tracepoint   # force a mode; -v says why others failed
+  acceptwatch --snapshot -port 80,443       # who is connected now (no BPF, no root)
 `
 
 func newFlagSet(o *options) *pflag.FlagSet {
@@ -72,6 +74,7 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.Uint32Var(&o.maxAddresses, "max-addresses", tracer.DefaultMaxAddresses, "capacity of the kernel's per-address counters")
 	fs.DurationVar(&o.waitThreshold, "wait-threshold", 100*time.Millisecond, "report a finding when a port's queue wait p99 is above this")
 	fs.Uint64Var(&o.halfOpenThreshold, "half-open-threshold", 10, "report a finding for an address with this many SYN-ACK retransmits")
+	snapshotFlags(fs, &o.snapshot)
 	fs.BoolVarP(&o.verbose, "verbose", "v", false, "say which attach modes were tried and why each failed")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help")
@@ -81,7 +84,7 @@ func newFlagSet(o *options) *pflag.FlagSet {
 }
 
 func printUsage(w io.Writer, fs *pflag.FlagSet) {
-	fmt.Fprintf(w, "Usage: acceptwatch [flags]\n\nTraces accepted TCP connections: a line per accept, and at the end a summary\nper remote address that stays exact when live lines are dropped.\n\nFlags (long flags also work with one dash, as in -port 80):\n%s\n%s", fs.FlagUsages(), examples)
+	fmt.Fprintf(w, "Usage: acceptwatch [flags]\n\nTraces accepted TCP connections: a line per accept, and at the end a summary\nper remote address that stays exact when live lines are dropped. With\n--snapshot: the TCP connections to this machine's listening ports now.\n\nFlags (long flags also work with one dash, as in -port 80):\n%s\n%s", fs.FlagUsages(), examples)
 }
 
 // parseFlags parses args (without the program name).
@@ -104,6 +107,9 @@ func parseFlags(args []string) (*options, *pflag.FlagSet, error) {
 		return nil, fs, usagef(`invalid port "": empty`)
 	}
 	if err := o.validate(); err != nil {
+		return nil, fs, err
+	}
+	if err := checkSnapshotFlags(fs, o); err != nil {
 		return nil, fs, err
 	}
 	return o, fs, nil

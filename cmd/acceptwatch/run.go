@@ -31,6 +31,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "acceptwatch %s\n", version())
 		return nil
 	}
+	if o.snapshot.on {
+		return runSnapshot(o, stdout, stderr)
+	}
 	if err := checkPrivileges(); err != nil {
 		return err
 	}
@@ -82,7 +85,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		w = report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet})
 	}
-	l := &loop{o: o, t: t, w: w, out: out}
+	l := &loop{o: o, t: t, w: w, out: out, now: openConnectionsNow(stderr)}
+	defer l.now.Close()
 	err = l.run(ctx)
 	if isClosedPipe(err) {
 		return nil
@@ -95,6 +99,7 @@ type loop struct {
 	t   *tracer.Tracer
 	w   report.Writer
 	out *bufio.Writer
+	now *connectionsNow // who is connected, for each summary
 }
 
 func (l *loop) run(ctx context.Context) error {
@@ -192,6 +197,7 @@ func (l *loop) summary(final bool) error {
 	if c.PortsOverflow > 0 {
 		s.Findings = append(s.Findings, fmt.Sprintf("%d events not counted per port: too many listening ports", c.PortsOverflow))
 	}
+	l.now.add(&s, l.o)
 	if err := l.w.Summary(s); err != nil {
 		return err
 	}
