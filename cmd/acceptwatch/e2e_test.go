@@ -403,6 +403,8 @@ type jsonSummary struct {
 	AddressOverflow    uint64            `json:"address_overflow"`
 	KernelCounters     map[string]uint64 `json:"kernel_counters"`
 	Findings           []string          `json:"findings"`
+	ConnectionsNow     *snapStates       `json:"connections_now"`
+	NetNS              *uint64           `json:"netns"`
 	Listeners          []struct {
 		Port         int       `json:"port"`
 		Accepted     uint64    `json:"accepted"`
@@ -421,6 +423,8 @@ type jsonSummary struct {
 		ClientGone    uint64  `json:"client_gone"`
 		SynackRetrans uint64  `json:"synack_retrans"`
 		Syns          *uint64 `json:"syns"`
+		Open          *uint64 `json:"open"`
+		SynRecv       *uint64 `json:"syn_recv"`
 	} `json:"addresses"`
 }
 
@@ -629,9 +633,10 @@ func TestTraceText(t *testing.T) {
 			t.Errorf("summary lacks %q:\n%s", frag, out)
 		}
 	}
-	// TOTAL accepted [syns] handshakes not-accepted gone synack-retransmits;
+	// TOTAL accepted [syns] handshakes not-accepted gone synack-retransmits open syn-recv;
 	// the SYNS column is there in the modes that count SYNs.
-	totals := []string{"TOTAL", strconv.Itoa(total), strconv.Itoa(total), "0", "0", "0"}
+	// Then OPEN and SYN_RECV now: the server closed every connection.
+	totals := []string{"TOTAL", strconv.Itoa(total), strconv.Itoa(total), "0", "0", "0", "0", "0"}
 	if p.mode != "tracepoint" {
 		totals = slices.Insert(totals, 2, strconv.Itoa(total))
 	}
@@ -910,26 +915,10 @@ func TestErrors(t *testing.T) {
 
 	t.Run("unprivileged", func(t *testing.T) {
 		requireRoot(t) // to switch to another user
-		dir, err := os.MkdirTemp("", "acceptwatch-unpriv")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer os.RemoveAll(dir)
-		os.Chmod(dir, 0o755)
-		copyBin := filepath.Join(dir, "acceptwatch")
-		var b []byte
-		b, err = os.ReadFile(bin)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(copyBin, b, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(copyBin, "-port", "80")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		cmd := asNobody(t, "-port", "80")
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
-		err = cmd.Run()
+		err := cmd.Run()
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
 			t.Errorf("unprivileged: exit %v, want status 1", err)
@@ -941,6 +930,29 @@ func TestErrors(t *testing.T) {
 			}
 		}
 	})
+}
+
+// asNobody returns a command running acceptwatch with args as uid and gid
+// 65534, from a copy that user can execute.
+func asNobody(t *testing.T, args ...string) *exec.Cmd {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "acceptwatch-unpriv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	copyBin := filepath.Join(dir, "acceptwatch")
+	b, err := os.ReadFile(acceptwatchBin(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(copyBin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(copyBin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	return cmd
 }
 
 // goBacklog is the backlog Go's net.Listen passes to listen(): somaxconn.

@@ -170,6 +170,9 @@ func (c *connectionsNow) add(s *report.Summary, o *options) {
 	}
 	for _, a := range snap.Addrs {
 		i, ok := at[a.Addr]
+		if !ok && a.States.Open()+a.States.Get(sockdiag.StateSynRecv) == 0 {
+			continue // only closing connections (TIME_WAIT, ...): in the state line
+		}
 		if !ok {
 			i = len(s.Addresses)
 			s.Addresses = append(s.Addresses, report.AddrStats{Addr: a.Addr})
