@@ -6,6 +6,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -248,5 +250,37 @@ func TestEnvAndFiles(t *testing.T) {
 	}
 	if err := checkStatic("/bin/sh"); err == nil {
 		t.Error("/bin/sh should be dynamic")
+	}
+}
+
+// TestSharedLibs: a dynamic program brings its loader and libraries,
+// transitively; a file that is not ELF brings nothing.
+func TestSharedLibs(t *testing.T) {
+	libs, err := sharedLibs("guest_test.go")
+	if err != nil || len(libs) != 0 {
+		t.Fatalf("not ELF: %v %v", libs, err)
+	}
+	ss, err := exec.LookPath("ss")
+	if err != nil {
+		t.Skip("needs ss (iproute2), a dynamically linked program")
+	}
+	libs, err = sharedLibs(ss)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range libs {
+		if l.Host != l.Guest {
+			t.Errorf("%+v: guest path differs from host path", l)
+		}
+		names = append(names, filepath.Base(l.Host))
+	}
+	for _, want := range []string{"libc.so.6", "libmnl.so.0", "libpcre2-8.so.0"} { // libpcre2 only through libselinux
+		if !slices.Contains(names, want) {
+			t.Errorf("ss: %v lacks %s", names, want)
+		}
+	}
+	if !strings.HasPrefix(names[0], "ld-linux") {
+		t.Errorf("ss: first file %s, want the loader", names[0])
 	}
 }

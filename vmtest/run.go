@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -75,7 +76,8 @@ type RunConfig struct {
 // ExitUnknown is returned when the guest did not report an exit status.
 const ExitUnknown = 125
 
-// isStatic reports an error if the ELF file at p needs a dynamic loader.
+// checkStatic reports an error if the ELF file at p needs a dynamic loader
+// (the test binary and /init run before any library could be found).
 func checkStatic(p string) error {
 	f, err := elf.Open(p)
 	if err != nil {
@@ -175,15 +177,25 @@ func Run(ctx context.Context, cfg RunConfig) (int, error) {
 	if _, err := os.Stat(cfg.Kernel); err != nil {
 		return ExitUnknown, fmt.Errorf("kernel: %w", err)
 	}
-	checks := []string{cfg.Init, cfg.Binary}
-	for _, f := range cfg.Files {
-		checks = append(checks, f.Host)
-	}
-	for _, p := range checks {
+	for _, p := range []string{cfg.Init, cfg.Binary} {
 		if err := checkStatic(p); err != nil {
 			return ExitUnknown, err
 		}
 	}
+	// Extra files may be dynamic programs: their loader and libraries come along.
+	var libs []FileMap
+	for _, f := range cfg.Files {
+		l, err := sharedLibs(f.Host)
+		if err != nil {
+			return ExitUnknown, err
+		}
+		for _, m := range l {
+			if !slices.Contains(libs, m) {
+				libs = append(libs, m)
+			}
+		}
+	}
+	cfg.Files = append(slices.Clip(cfg.Files), libs...)
 
 	var nonce [6]byte
 	rand.Read(nonce[:])
