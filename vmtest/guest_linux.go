@@ -163,6 +163,9 @@ func guestSetup() (*os.File, error) {
 	if err := loopbackUp(); err != nil {
 		return out, err
 	}
+	if err := loadModules(); err != nil {
+		return out, err
+	}
 	for _, r := range []struct {
 		res int
 		val uint64

@@ -284,3 +284,29 @@ func TestSharedLibs(t *testing.T) {
 		t.Errorf("ss: first file %s, want the loader", names[0])
 	}
 }
+
+// TestKeepModules: the guest's modules are found in either module tree,
+// kept in load order, and listed beside the vmlinuz.
+func TestKeepModules(t *testing.T) {
+	root, dir := t.TempDir(), t.TempDir()
+	for _, p := range []string{"lib/modules/6.1.0-1/kernel/net/ipv4/tcp_diag.ko", "usr/lib/modules/6.1.0-1/kernel/net/ipv4/inet_diag.ko.xz",
+		"lib/modules/6.1.0-1/kernel/net/ipv4/udp_diag.ko", "lib/modules/9.9/kernel/net/ipv4/inet_diag.ko"} {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+		os.WriteFile(filepath.Join(root, p), []byte(p), 0o644)
+	}
+	if err := keepModules(root, "6.1.0-1", dir); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range KernelModules(filepath.Join(dir, "vmlinuz")) {
+		b, _ := os.ReadFile(m)
+		got = append(got, string(b))
+	}
+	want := []string{"usr/lib/modules/6.1.0-1/kernel/net/ipv4/inet_diag.ko.xz", "lib/modules/6.1.0-1/kernel/net/ipv4/tcp_diag.ko"}
+	if !slices.Equal(got, want) {
+		t.Errorf("kept %q, want %q", got, want)
+	}
+	if KernelModules(filepath.Join(t.TempDir(), "vmlinuz")) != nil {
+		t.Error("modules for a kernel without a list")
+	}
+}

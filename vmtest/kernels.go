@@ -84,6 +84,9 @@ func (f *Fetcher) Cached(spec KernelSpec) (Kernel, bool) {
 	if _, err := os.Stat(vm); err != nil {
 		return Kernel{}, false
 	}
+	if _, err := os.Stat(filepath.Join(dir, modulesList)); err != nil {
+		return Kernel{}, false // cached before modules were kept
+	}
 	return Kernel{Spec: spec, Vmlinuz: vm, Release: strings.TrimSpace(string(rel))}, true
 }
 
@@ -331,6 +334,9 @@ func (f *Fetcher) fetch(spec KernelSpec) (Kernel, error) {
 		return Kernel{}, err
 	}
 	_ = os.Rename(config, filepath.Join(tmp, "config"))
+	if err := keepModules(root, release, tmp); err != nil {
+		return Kernel{}, fmt.Errorf("keeping modules: %w", err)
+	}
 	sort.Strings(names)
 	meta2 := fmt.Sprintf("suite: %s\nmetapackage: linux-image-cloud-amd64=%s\npackages: %s\n", spec.Suite, showField(out, "Version"), strings.Join(names, " "))
 	if err := os.WriteFile(filepath.Join(tmp, "packages"), []byte(meta2), 0o644); err != nil {

@@ -62,6 +62,7 @@ type RunConfig struct {
 	Binary    string        // host path of the program to run in the guest
 	Args      []string      // its arguments
 	Files     []FileMap     // extra files
+	Modules   []string      // kernel modules the guest loads at boot, in order (KernelModules)
 	Env       []string      // guest environment additions (KEY=VALUE)
 	Timeout   time.Duration // whole VM, boot included
 	Stdout    io.Writer     // guest program output
@@ -143,6 +144,16 @@ func buildInitramfs(w io.Writer, cfg RunConfig, gc guestConfig) error {
 		if err := addHostFile(c, f.Host, f.Guest); err != nil {
 			return err
 		}
+	}
+	var mods []string
+	for _, m := range cfg.Modules {
+		if err := addHostFile(c, m, path.Join(guestModules, filepath.Base(m))); err != nil {
+			return err
+		}
+		mods = append(mods, filepath.Base(m))
+	}
+	if len(mods) > 0 {
+		c.Bytes(guestModules+".list", 0o644, []byte(strings.Join(mods, "\n")+"\n"))
 	}
 	js, _ := json.Marshal(gc)
 	c.Bytes(guestConfigPath, 0o644, js)

@@ -19,20 +19,22 @@ import (
 
 // options holds every command-line flag.
 type options struct {
-	acceptwatch  string        // binary to run; empty: build ./cmd/acceptwatch
-	sections     string        // comma-separated parts to run
-	pairs        int           // with/without pairs per throughput mode
-	round        time.Duration // length of one throughput round
-	clients      int           // concurrent dialing threads
-	acceptors    int           // accepting threads
-	sources      int           // client source addresses in throughput rounds
-	starts       int           // start-up measurements per attach mode
-	scale        uint64        // distinct remote addresses of the scale run
-	scaleDefault bool          // also run the scale run at the default capacity
-	markdown     string        // also write the report here, as markdown
+	acceptwatch   string        // binary to run; empty: build ./cmd/acceptwatch
+	sections      string        // comma-separated parts to run
+	pairs         int           // with/without pairs per throughput mode
+	round         time.Duration // length of one throughput round
+	clients       int           // concurrent dialing threads
+	acceptors     int           // accepting threads
+	sources       int           // client source addresses in throughput rounds
+	starts        int           // start-up measurements per attach mode
+	scale         uint64        // distinct remote addresses of the scale run
+	scaleDefault  bool          // also run the scale run at the default capacity
+	markdown      string        // also write the report here, as markdown
+	snapshotConns int           // established connections in the snapshot section
+	snapshotRuns  int           // timed runs per command there
 }
 
-const allSections = "startup,kernel,throughput,scale"
+const allSections = "startup,kernel,throughput,scale,snapshot"
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
@@ -48,12 +50,17 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.starts, "starts", 20, "start-up measurements per attach mode")
 	fs.Uint64Var(&o.scale, "scale", 1_000_000, "distinct remote addresses in the scale run (0: skip)")
 	fs.BoolVar(&o.scaleDefault, "scale-default", true, "repeat the scale run at the default --max-addresses")
+	fs.IntVar(&o.snapshotConns, "snapshot-conns", 100_000, "established connections in the snapshot section")
+	fs.IntVar(&o.snapshotRuns, "snapshot-runs", 7, "timed runs per command in the snapshot section")
 	fs.StringVar(&o.markdown, "markdown", "", "also write the report as markdown to this `file`")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if o.snapshotConns < 1 || o.snapshotRuns < 1 {
+		return nil, fmt.Errorf("-snapshot-conns and -snapshot-runs must be positive")
 	}
 	if o.pairs < 1 || o.clients < 1 || o.acceptors < 1 || o.sources < 1 || o.starts < 1 || o.round <= 0 {
 		return nil, fmt.Errorf("-pairs, -clients, -acceptors, -sources, -starts and -round must be positive")

@@ -91,6 +91,7 @@ func host() int {
 		Binary:    bin,
 		Args:      fs.Args()[1:],
 		Files:     files,
+		Modules:   vmtest.KernelModules(kpath),
 		Env:       vmtest.GuestEnv(os.Environ()),
 		Timeout:   *timeout,
 		KernelLog: *klog,
