@@ -69,6 +69,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == holderArg {
+		os.Exit(holder(os.Args[2:])) // a child of the snapshot section
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,9 +67,10 @@ func (c *connSet) close() {
 	c.fds = nil
 }
 
-// establish makes n connections to 127.0.0.1:port from sources spread over
-// 127.3.x.y (28,000 ephemeral ports per source address), keeping both ends.
-func establish(lfd, port, n int, set *connSet) error {
+// establish makes connections first..first+n-1 to 127.0.0.1:port from
+// sources spread over 127.3.x.y (1,000 per address: each has 28,000
+// ephemeral ports), and accepts n from lfd, keeping both ends.
+func establish(lfd, port, first, n int, set *connSet) error {
 	var accepted atomic.Int64
 	acceptErr := make(chan error, 1)
 	go func() {
@@ -102,6 +104,7 @@ func establish(lfd, port, n int, set *connSet) error {
 				if i >= int64(n) {
 					return
 				}
+				i += int64(first)
 				src := [4]byte{127, 3, byte(i / perSource / 250), byte(1 + i/perSource%250)}
 				fd, err := dialKeep(src, dst)
 				if err != nil {
@@ -166,13 +169,83 @@ func halfOpen(n int, set *connSet) (port int, err error) {
 	return port, nil
 }
 
-// raiseNofile lets the bench hold every socket.
-func raiseNofile(n uint64) error {
-	lim := unix.Rlimit{Cur: n, Max: n}
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return fmt.Errorf("raising RLIMIT_NOFILE to %d: %w", n, err)
+// Holders. A process may hold only RLIMIT_NOFILE descriptors (20,000 hard
+// on these machines, and raising it needs CAP_SYS_RESOURCE), so the
+// connections live in child processes of this binary, each holding both
+// ends of at most perHolder of them, until its stdin closes.
+const (
+	holderArg = "-snapshot-holder"
+	perHolder = 8000
+)
+
+// holder is the child: holder FIRST N PORT, the listener inherited as fd 3.
+func holder(args []string) int {
+	if len(args) != 3 {
+		fmt.Fprintln(os.Stderr, "acceptbench holder: want FIRST N PORT")
+		return 2
 	}
-	return nil
+	first, _ := strconv.Atoi(args[0])
+	n, _ := strconv.Atoi(args[1])
+	port, _ := strconv.Atoi(args[2])
+	var lim unix.Rlimit
+	unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
+	lim.Cur = lim.Max
+	unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	var set connSet
+	if err := establish(3, port, first, n, &set); err != nil {
+		fmt.Fprintf(os.Stderr, "acceptbench holder: %v\n", err)
+		return 1
+	}
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin) // until the bench is done
+	return 0
+}
+
+// holdConnections makes n connections to the listener through holders; stop
+// closes them all.
+func holdConnections(lf *os.File, port, n int) (stop func(), err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var stdins []io.Closer
+	var cmds []*exec.Cmd
+	stop = func() {
+		for _, w := range stdins {
+			w.Close()
+		}
+		for _, c := range cmds {
+			c.Wait()
+		}
+	}
+	for first := 0; first < n; first += perHolder {
+		k := min(perHolder, n-first)
+		cmd := exec.Command(self, holderArg, strconv.Itoa(first), strconv.Itoa(k), strconv.Itoa(port))
+		cmd.ExtraFiles = []*os.File{lf}
+		cmd.Stderr = os.Stderr
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			stop()
+			return nil, err
+		}
+		stdins, cmds = append(stdins, in), append(cmds, cmd)
+		// One holder at a time: its accepts then take its own connections.
+		line := make([]byte, 6)
+		if _, err := io.ReadFull(out, line); err != nil || string(line) != "ready\n" {
+			stop()
+			return nil, fmt.Errorf("holder of connections %d-%d failed", first, first+k-1)
+		}
+	}
+	return stop, nil
 }
 
 // pipeline is one way of answering "who is connected".
@@ -247,9 +320,6 @@ func (b *bench) snapshot() (*table, error) {
 			return nil, fmt.Errorf("needs %s (Debian packages net-tools, iproute2, time; make bench installs them)", tool)
 		}
 	}
-	if err := raiseNofile(uint64(2*n + 2*halfOpenConns + 1000)); err != nil {
-		return nil, err
-	}
 	var set connSet
 	defer set.close()
 	hport, err := halfOpen(halfOpenConns, &set)
@@ -260,7 +330,8 @@ func (b *bench) snapshot() (*table, error) {
 	if err != nil {
 		return nil, err
 	}
-	set.add(lfd)
+	lf := os.NewFile(uintptr(lfd), "listener") // the holders inherit it
+	defer lf.Close()
 
 	// Memory with nothing but the half-open port watched, before and
 	// after the 100,000 connections appear on the other port.
@@ -282,9 +353,11 @@ func (b *bench) snapshot() (*table, error) {
 		return nil, err
 	}
 	t0 := time.Now()
-	if err := establish(lfd, port, n, &set); err != nil {
+	stop, err := holdConnections(lf, port, n)
+	if err != nil {
 		return nil, fmt.Errorf("establishing %d connections: %w", n, err)
 	}
+	defer stop()
 	b.logf("snapshot: %d connections established in %s", n, time.Since(t0).Round(time.Millisecond))
 	after, err := unwatched()
 	if err != nil {
@@ -332,8 +405,11 @@ func (b *bench) snapshot() (*table, error) {
 	}
 	stderrLine, jsonLine, _ := bytes.Cut(out, []byte("\n"))
 	var snap struct {
-		Connections struct{ Total, Established, SynRecv uint64 } `json:"connections"`
-		Addresses   []json.RawMessage                            `json:"addresses"`
+		Connections struct {
+			Established uint64 `json:"established"`
+			SynRecv     uint64 `json:"syn_recv"`
+		} `json:"connections"`
+		Addresses []json.RawMessage `json:"addresses"`
 	}
 	if !bytes.HasPrefix(stderrLine, []byte("acceptwatch: snapshot")) {
 		jsonLine, stderrLine = stderrLine, jsonLine
@@ -364,6 +440,7 @@ func (b *bench) snapshot() (*table, error) {
 		fmt.Sprintf("%d established, %d SYN_RECV, %d addresses", snap.Connections.Established, snap.Connections.SynRecv, len(snap.Addresses)), exact)
 	t.notes = append(t.notes,
 		fmt.Sprintf("clients from 127.3.x.y (1,000 per address, %d addresses) to one port; %d half-open handshakes, each from its own 127.4.x.y, to a TCP_DEFER_ACCEPT listener (the server keeps SYN_RECV request sockets); both ports watched", (n+999)/1000, halfOpenConns),
+		fmt.Sprintf("the connections are held by %d child processes of the bench (at most %d each: RLIMIT_NOFILE), the half-open ones by the bench", (n+perHolder-1)/perHolder, perHolder),
 		"each run is the whole command line under sh -c, output read to the end; the order of the commands alternates between runs",
 		"the pipelines count every TCP socket of the machine (both ends, outbound too), as people run them; the last row is ss with the same port filter as acceptwatch, compiled into the kernel as acceptwatch does",
 		"peak RSS: each stage under GNU time (wait4's ru_maxrss, which has a floor of about 2 MB: time's own memory), summed over the stages of a pipeline",

@@ -118,7 +118,10 @@ func Open() (*Dumper, error) {
 
 // open opens the socket in the namespace of nsFD (0: the calling thread's).
 func open(nsFD int) (*Dumper, error) {
-	conn, err := netlink.Dial(unix.NETLINK_SOCK_DIAG, &netlink.Config{NetNS: nsFD})
+	// One 64 KiB receive buffer for every read: the kernel sizes its dump
+	// messages to the reader's buffer (up to 32 KiB), so fewer, fuller
+	// reads, and no peek before each.
+	conn, err := netlink.Dial(unix.NETLINK_SOCK_DIAG, &netlink.Config{NetNS: nsFD, MessageBufferSize: 1 << 16})
 	if err != nil {
 		return nil, fmt.Errorf("opening a sock_diag netlink socket: %w", err)
 	}
