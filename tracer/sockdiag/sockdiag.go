@@ -270,6 +270,9 @@ func (d *Dumper) dump(mask uint32, filter []byte, fn func(*sock)) error {
 				if errors.Is(err, unix.ENOENT) && family == unix.AF_INET6 {
 					break // no IPv6 in this kernel
 				}
+				if errors.Is(err, unix.ENOENT) {
+					return fmt.Errorf("sock_diag dump: the kernel has no TCP socket dump (modules inet_diag and tcp_diag not loaded?): %w", err)
+				}
 				return fmt.Errorf("sock_diag dump: %w", err)
 			}
 			if m.Header.Type != sockDiagByFamily {
