@@ -452,5 +452,9 @@ func dumpedOr(m [][]byte) []byte {
 	if len(m) < 2 {
 		return []byte("?")
 	}
-	return m[1]
+	d, err := time.ParseDuration(string(m[1]))
+	if err != nil {
+		return m[1]
+	}
+	return []byte(ms(d))
 }

@@ -38,10 +38,18 @@ func (t *table) text(w io.Writer) {
 
 func (t *table) markdown(w io.Writer) {
 	fmt.Fprintf(w, "\n### %s\n\n", t.title)
-	fmt.Fprintf(w, "| %s |\n", strings.Join(t.header, " | "))
+	// A | inside a cell (a shell pipeline) would end it.
+	esc := func(cells []string) string {
+		out := make([]string, len(cells))
+		for i, c := range cells {
+			out[i] = strings.ReplaceAll(c, "|", `\|`)
+		}
+		return strings.Join(out, " | ")
+	}
+	fmt.Fprintf(w, "| %s |\n", esc(t.header))
 	fmt.Fprintf(w, "|%s\n", strings.Repeat("---|", len(t.header)))
 	for _, r := range t.rows {
-		fmt.Fprintf(w, "| %s |\n", strings.Join(r, " | "))
+		fmt.Fprintf(w, "| %s |\n", esc(r))
 	}
 	if len(t.notes) > 0 {
 		fmt.Fprintln(w)
