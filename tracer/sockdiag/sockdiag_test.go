@@ -200,3 +200,41 @@ func TestSnapshotCounts(t *testing.T) {
 		t.Errorf("all ports: %d of the 3 listeners seen: %+v", seen, all.Ports)
 	}
 }
+
+// TestManyPorts: more scattered ports than one kernel filter holds ranges
+// for. The kernel takes the merged program, and user space drops the
+// sockets on ports in the merged gaps.
+func TestManyPorts(t *testing.T) {
+	ports := listenN(t, 2*maxRanges+40, 1)
+	time.Sleep(100 * time.Millisecond)
+	watched := ports[:maxRanges+60] // every other listener's connection may fall in a gap
+	slices.Sort(watched)
+	if n := len(portRanges(watched, 1<<16)); n <= maxRanges {
+		t.Skipf("the kernel gave %d ports in only %d ranges; need more than %d", len(watched), n, maxRanges)
+	}
+	s, err := Take(Filter{Ports: watched})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := uint64(len(watched))
+	if slices.Contains(watched, ports[0]) {
+		want++ // ::1
+	}
+	if s.States.Total() != want || len(s.Ports) != len(watched) {
+		t.Errorf("%d connections on %d ports, want %d on %d", s.States.Total(), len(s.Ports), want, len(watched))
+	}
+	all, err := Take(Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, p := range all.Ports {
+		if slices.Contains(ports, p.Port) && p.States.Open() >= 1 {
+			seen++
+		}
+	}
+	if seen != len(ports) {
+		t.Errorf("all ports: %d of %d listeners with their connection", seen, len(ports))
+	}
+	t.Logf("%d watched ports in %d kernel ranges; %d sockets dropped in user space", len(watched), len(portRanges(watched, maxRanges)), s.Dropped)
+}
