@@ -85,7 +85,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		w = report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet})
 	}
-	l := &loop{o: o, t: t, w: w, out: out, now: openConnectionsNow(stderr)}
+	l := &loop{o: o, t: t, w: w, out: out, now: openConnectionsNow()}
 	defer l.now.Close()
 	err = l.run(ctx)
 	if isClosedPipe(err) {

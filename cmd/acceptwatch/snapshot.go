@@ -139,7 +139,7 @@ type connectionsNow struct {
 	err error
 }
 
-func openConnectionsNow(stderr io.Writer) *connectionsNow {
+func openConnectionsNow() *connectionsNow {
 	d, err := sockdiag.Open()
 	return &connectionsNow{d: d, err: err}
 }
