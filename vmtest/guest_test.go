@@ -294,8 +294,14 @@ func TestKeepModules(t *testing.T) {
 		os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
 		os.WriteFile(filepath.Join(root, p), []byte(p), 0o644)
 	}
-	if err := keepModules(root, "6.1.0-1", dir); err != nil {
+	config := filepath.Join(root, "config")
+	os.WriteFile(config, []byte("CONFIG_A=y\nCONFIG_INET_DIAG=m\nCONFIG_INET_TCP_DIAG=m\n"), 0o644)
+	if err := keepModules(root, "6.1.0-1", dir, config); err != nil {
 		t.Fatal(err)
+	}
+	// A module configured =m that no package holds is an error.
+	if err := keepModules(root, "9.9", t.TempDir(), config); err == nil || !strings.Contains(err.Error(), "tcp_diag") {
+		t.Errorf("missing tcp_diag: %v", err)
 	}
 	var got []string
 	for _, m := range KernelModules(filepath.Join(dir, "vmlinuz")) {

@@ -196,10 +196,16 @@ type debPkg struct{ name, version string }
 var depRe = regexp.MustCompile(`^\s*([a-z0-9][a-z0-9+.-]*)(?::\S+)?\s*(?:\(\s*=\s*([^)\s]+)\s*\))?`)
 
 // wanted says whether a dependency of the metapackage may hold the kernel
-// image: linux-image-* (up to 6.x), linux-binary-* / linux-base-* (7.x).
-// linux-modules-* and initramfs tools are not needed.
+// image or the modules the guest loads (GuestModules): linux-image-* (up to
+// 6.x), linux-binary-* / linux-base-* / linux-modules-* (7.x). initramfs
+// tools are not needed.
 func wanted(name string) bool {
-	return strings.HasPrefix(name, "linux-image-") || strings.HasPrefix(name, "linux-binary-") || strings.HasPrefix(name, "linux-base-")
+	for _, p := range []string{"linux-image-", "linux-binary-", "linux-base-", "linux-modules-"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // showField returns a field of the first stanza of apt-cache show output.
@@ -334,7 +340,7 @@ func (f *Fetcher) fetch(spec KernelSpec) (Kernel, error) {
 		return Kernel{}, err
 	}
 	_ = os.Rename(config, filepath.Join(tmp, "config"))
-	if err := keepModules(root, release, tmp); err != nil {
+	if err := keepModules(root, release, tmp, filepath.Join(tmp, "config")); err != nil {
 		return Kernel{}, fmt.Errorf("keeping modules: %w", err)
 	}
 	sort.Strings(names)

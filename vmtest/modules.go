@@ -1,6 +1,7 @@
 package vmtest
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -13,6 +14,9 @@ import (
 // demand with modprobe, which the guest has not.
 var GuestModules = []string{"inet_diag", "tcp_diag"}
 
+// moduleConfig is each module's kernel configuration symbol.
+var moduleConfig = map[string]string{"inet_diag": "CONFIG_INET_DIAG", "tcp_diag": "CONFIG_INET_TCP_DIAG"}
+
 // modulesList is the file beside a cached vmlinuz naming its kept modules,
 // one file name a line, in load order. A cache without it predates modules
 // and is fetched again.
@@ -21,9 +25,10 @@ const modulesList = "modules.list"
 const guestModules = "/vmtest/modules"
 
 // keepModules moves GuestModules of release from an extracted package root
-// into dir/modules and writes dir/modules.list. A module that is not there
-// (built into the kernel) is left out.
-func keepModules(root, release, dir string) error {
+// into dir/modules and writes dir/modules.list. A module built into the
+// kernel (=y in config) is left out; one configured =m must be found.
+func keepModules(root, release, dir, config string) error {
+	cfg, _ := os.ReadFile(config)
 	found := map[string]string{}
 	for _, base := range []string{"lib/modules", "usr/lib/modules"} {
 		filepath.WalkDir(filepath.Join(root, base, release), func(p string, d fs.DirEntry, err error) error {
@@ -43,6 +48,9 @@ func keepModules(root, release, dir string) error {
 	for _, m := range GuestModules {
 		p, ok := found[m]
 		if !ok {
+			if strings.Contains(string(cfg), "\n"+moduleConfig[m]+"=m\n") {
+				return fmt.Errorf("module %s (%s=m) is in none of the kernel's packages", m, moduleConfig[m])
+			}
 			continue
 		}
 		if err := os.Rename(p, filepath.Join(dir, "modules", filepath.Base(p))); err != nil {
