@@ -17,3 +17,5 @@ const enum event_flags *unused_event_flags __attribute__((unused));
 #include "accept.c"
 #include "tcp.c"
 #include "syn.c"
+#include "skb.c"
+#include "drop.c"

@@ -48,14 +48,17 @@ struct addr_stats {
 	__u64 last_ns;
 	__u64 wait_max_ns;
 	__u32 window;
-	__u32 _pad;
+	/* Final ACKs dropped because the accept queue was full (kernels with
+	 * the TCP_LISTEN_OVERFLOW drop reason). 32 bits in what was padding:
+	 * the map's value is multiplied by --max-addresses. */
+	__u32 drops;
 	__u64 first_ns;
 	/* First event of the current --interval window (window_id in .bss). */
 	__u64 window_first_ns;
 	__u64 not_accepted;   /* handshake done, socket gone without accept() */
 	__u64 gone;           /* accepted after the client closed or reset */
 	__u64 synack_retrans; /* SYN-ACKs resent: handshake not completed */
-	__u64 syns;           /* SYNs that reached the listener (fexit, kretprobe modes) */
+	__u64 syns;           /* SYNs that reached the listener */
 	__u32 wait_hist[WAIT_BUCKETS];
 };
 
@@ -65,6 +68,7 @@ struct port_stats {
 	__u64 not_accepted;
 	__u64 synack_retrans;
 	__u64 syns;
+	__u64 drops; /* final ACKs dropped: accept queue full */
 	__u64 wait_max_ns;
 	__u32 backlog_max; /* most connections queued at one accept */
 	__u32 backlog_limit;

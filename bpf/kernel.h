@@ -65,6 +65,7 @@ struct mptcp_sock {
 struct sk_buff {
 	unsigned char *head;
 	__u16 network_header;
+	__u16 transport_header;
 	__be16 protocol;
 };
 

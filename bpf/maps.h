@@ -144,7 +144,7 @@ static __always_inline void max_u64(__u64 *dst, __u64 v)
 
 /* What one event adds to an address's or a port's counters. */
 struct delta {
-	bool accepted, handshake, not_accepted, gone, synack, syn, has_wait, has_backlog;
+	bool accepted, handshake, not_accepted, gone, synack, syn, drop, has_wait, has_backlog;
 	__u64 wait_ns;
 	__u32 backlog, backlog_limit;
 };
@@ -188,6 +188,8 @@ static __always_inline void count_addr(struct addr_key *key, struct delta *d, __
 		__sync_fetch_and_add(&st->synack_retrans, 1);
 	if (d->syn)
 		__sync_fetch_and_add(&st->syns, 1);
+	if (d->drop)
+		__sync_fetch_and_add(&st->drops, 1);
 	if (d->has_wait) {
 		__u32 b = wait_bucket(d->wait_ns) & (WAIT_BUCKETS - 1);
 
@@ -224,6 +226,8 @@ static __always_inline void count_port(__u16 lport, struct delta *d)
 		__sync_fetch_and_add(&ps->synack_retrans, 1);
 	if (d->syn)
 		__sync_fetch_and_add(&ps->syns, 1);
+	if (d->drop)
+		__sync_fetch_and_add(&ps->drops, 1);
 	if (d->has_wait) {
 		__u32 b = wait_bucket(d->wait_ns) & (WAIT_BUCKETS - 1);
 

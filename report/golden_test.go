@@ -65,7 +65,7 @@ func sampleSummary(final bool) Summary {
 			{Addr: netip.MustParseAddr("192.168.1.7"), Accepted: 12, Handshakes: 12, First: at(1), Last: at(9),
 				Wait: Wait{Count: 12, P50: 512 * time.Microsecond, P99: 2048 * time.Microsecond, Max: 1900 * time.Microsecond}},
 			{Addr: netip.MustParseAddr("::ffff:203.0.113.9"), Accepted: 3, Handshakes: 5, First: at(3), Last: at(8),
-				NotAccepted: 2, ClientGone: 1, SynackRetrans: 7, Syns: 12, Wait: Wait{Count: 3, P50: time.Second, P99: 4 * time.Second, Max: 2500 * time.Millisecond}},
+				NotAccepted: 2, ClientGone: 1, SynackRetrans: 7, Syns: 12, Drops: 6, Wait: Wait{Count: 3, P50: time.Second, P99: 4 * time.Second, Max: 2500 * time.Millisecond}},
 			{Addr: netip.MustParseAddr("198.51.100.1"), Accepted: 0, Handshakes: 2}, // handshakes only, times unknown
 		},
 		TotalAccepted:      17,
@@ -74,14 +74,16 @@ func sampleSummary(final bool) Summary {
 		AddressOverflow:    1,
 		MaxAddresses:       10240,
 		Final:              final,
-		SynsCounted:        final, // both layouts: with and without a SYNS column
+		SynCounter:         map[bool]string{true: "cgroup_skb"}[final], // both layouts: with and without SYNS and DROPS
+		DropCounters:       map[bool][]string{true: {"syn", "final_ack"}}[final],
+		TotalDrops:         6,
 		TotalSyns:          25,
 		TotalNotAccepted:   2,
 		TotalClientGone:    1,
 		TotalSynackRetrans: 7,
 		Listeners: []PortStats{
 			{Port: 80, Accepted: 12, BacklogMax: 3, BacklogLimit: 511, Wait: Wait{Count: 12, P50: 512 * time.Microsecond, P99: 2048 * time.Microsecond, Max: 1900 * time.Microsecond}},
-			{Port: 8080, Accepted: 3, NotAccepted: 2, SynackRetrans: 7, BacklogMax: 1, BacklogLimit: 4096, Wait: Wait{Count: 3, P50: time.Second, P99: 4 * time.Second, Max: 2500 * time.Millisecond}},
+			{Port: 8080, Accepted: 3, NotAccepted: 2, SynackRetrans: 7, Syns: 12, Drops: 6, BacklogMax: 1, BacklogLimit: 4096, Wait: Wait{Count: 3, P50: time.Second, P99: 4 * time.Second, Max: 2500 * time.Millisecond}},
 		},
 		KernelCounters: []KernelCounter{{"ListenOverflows", 5}, {"ListenDrops", 5}, {"TCPReqQFullDrop", 0}},
 		Findings:       []string{"queue wait p99 4s on port 8080 is over 1s (--max-wait)"},

@@ -38,7 +38,8 @@ type jsonPort struct {
 	Accepted      uint64   `json:"accepted"`
 	NotAccepted   uint64   `json:"not_accepted"`
 	SynackRetrans uint64   `json:"synack_retrans"`
-	Syns          *uint64  `json:"syns"` // null: not counted in this attach mode
+	Syns          *uint64  `json:"syns"`  // null: not counted
+	Drops         *uint64  `json:"drops"` // null: not attributed on this kernel
 	BacklogMax    uint32   `json:"backlog_max"`
 	BacklogLimit  uint32   `json:"backlog_limit"`
 	QueueWait     jsonWait `json:"queue_wait"`
@@ -54,9 +55,19 @@ type jsonAddr struct {
 	ClientGone    uint64   `json:"client_gone"`
 	SynackRetrans uint64   `json:"synack_retrans"`
 	Syns          *uint64  `json:"syns"`
+	Drops         *uint64  `json:"drops"`
 	QueueWait     jsonWait `json:"queue_wait"`
 	Open          *uint64  `json:"open"`     // null: no snapshot
 	SynRecv       *uint64  `json:"syn_recv"` // null: no snapshot
+}
+
+// jsonPrefix is one network's row (--group-by prefix): the sums of its
+// addresses; queue_wait has count and max_us only.
+type jsonPrefix struct {
+	Prefix    string `json:"prefix"`
+	Addresses uint64 `json:"addresses"`
+	NoAddr    string `json:"addr,omitempty"` // hides jsonAddr's addr: a network has none
+	jsonAddr
 }
 
 type jsonSummary struct {
@@ -76,11 +87,16 @@ type jsonSummary struct {
 	TotalClientGone    uint64            `json:"total_client_gone"`
 	TotalSynackRetrans uint64            `json:"total_synack_retrans"`
 	TotalSyns          *uint64           `json:"total_syns"`
+	TotalDrops         *uint64           `json:"total_drops"`
+	SynCounter         *string           `json:"syn_counter"`
+	DropCounters       []string          `json:"drop_counters"`
 	KernelCounters     map[string]uint64 `json:"kernel_counters"`
 	Findings           []string          `json:"findings"`
 	Listeners          []jsonPort        `json:"listeners"`
 	ConnectionsNow     *jsonStates       `json:"connections_now"` // null: no snapshot
 	NetNS              *uint64           `json:"netns"`
+	PrefixLen          *[2]int           `json:"prefix_len,omitempty"`
+	Prefixes           []jsonPrefix      `json:"prefixes,omitempty"`
 }
 
 func (j *jsonWriter) write(v any) error {
@@ -177,13 +193,27 @@ func (j *jsonWriter) Summary(s Summary) error {
 		TotalNotAccepted:   s.TotalNotAccepted,
 		TotalClientGone:    s.TotalClientGone,
 		TotalSynackRetrans: s.TotalSynackRetrans,
-		TotalSyns:          u64If(s.TotalSyns, s.SynsCounted),
+		TotalSyns:          u64If(s.TotalSyns, s.SynsCounted()),
+		TotalDrops:         u64If(s.TotalDrops, s.DropsCounted()),
+		DropCounters:       append([]string{}, s.DropCounters...),
 		KernelCounters:     map[string]uint64{},
 		Findings:           []string{},
 		Listeners:          make([]jsonPort, len(s.Listeners)),
 	}
+	if s.SynsCounted() {
+		out.SynCounter = &s.SynCounter
+	}
 	for _, c := range s.KernelCounters {
 		out.KernelCounters[c.Name] = c.Delta
+	}
+	if s.GroupByPrefix {
+		out.PrefixLen = &[2]int{s.Prefix.V4, s.Prefix.V6}
+		out.Prefixes = []jsonPrefix{}
+		for _, g := range GroupByPrefix(s.Addresses, s.Prefix) {
+			row := addrJSON(&s, g.AddrStats)
+			row.QueueWait.P50, row.QueueWait.P99 = nil, nil
+			out.Prefixes = append(out.Prefixes, jsonPrefix{Prefix: g.Prefix.String(), Addresses: g.Addresses, jsonAddr: row})
+		}
 	}
 	for _, f := range s.Findings {
 		out.Findings = append(out.Findings, Sanitize(f))
@@ -194,7 +224,8 @@ func (j *jsonWriter) Summary(s Summary) error {
 			Accepted:      p.Accepted,
 			NotAccepted:   p.NotAccepted,
 			SynackRetrans: p.SynackRetrans,
-			Syns:          u64If(p.Syns, s.SynsCounted),
+			Syns:          u64If(p.Syns, s.SynsCounted()),
+			Drops:         u64If(p.Drops, s.DropsCounted()),
 			BacklogMax:    p.BacklogMax,
 			BacklogLimit:  p.BacklogLimit,
 			QueueWait:     waitJSON(p.Wait),
@@ -220,20 +251,7 @@ func (j *jsonWriter) Summary(s Summary) error {
 			line = append(line, ',')
 		}
 		j.buf.Reset()
-		if err := j.enc.Encode(jsonAddr{
-			Addr:          a.Addr.String(),
-			Accepted:      a.Accepted,
-			Handshakes:    a.Handshakes,
-			First:         jsonTime(a.First),
-			Last:          jsonTime(a.Last),
-			NotAccepted:   a.NotAccepted,
-			ClientGone:    a.ClientGone,
-			SynackRetrans: a.SynackRetrans,
-			Syns:          u64If(a.Syns, s.SynsCounted),
-			QueueWait:     waitJSON(a.Wait),
-			Open:          u64If(a.Open, s.Now != nil),
-			SynRecv:       u64If(a.SynRecv, s.Now != nil),
-		}); err != nil {
+		if err := j.enc.Encode(addrJSON(&s, a)); err != nil {
 			return err
 		}
 		line = append(line, bytes.TrimSpace(j.buf.Bytes())...)
@@ -247,6 +265,24 @@ func (j *jsonWriter) Summary(s Summary) error {
 	line = append(line, "]}\n"...)
 	_, err := j.w.Write(line)
 	return err
+}
+
+func addrJSON(s *Summary, a AddrStats) jsonAddr {
+	return jsonAddr{
+		Addr:          a.Addr.String(),
+		Accepted:      a.Accepted,
+		Handshakes:    a.Handshakes,
+		First:         jsonTime(a.First),
+		Last:          jsonTime(a.Last),
+		NotAccepted:   a.NotAccepted,
+		ClientGone:    a.ClientGone,
+		SynackRetrans: a.SynackRetrans,
+		Syns:          u64If(a.Syns, s.SynsCounted()),
+		Drops:         u64If(a.Drops, s.DropsCounted()),
+		QueueWait:     waitJSON(a.Wait),
+		Open:          u64If(a.Open, s.Now != nil),
+		SynRecv:       u64If(a.SynRecv, s.Now != nil),
+	}
 }
 
 func jsonTime(t time.Time) *string {

@@ -50,7 +50,8 @@ type AddrStats struct {
 	NotAccepted   uint64 // handshake completed, closed before any accept()
 	ClientGone    uint64 // accepted after the client had closed or reset
 	SynackRetrans uint64 // SYN-ACKs resent: handshakes the client did not finish
-	Syns          uint64 // SYNs that reached a listener; see Summary.SynsCounted
+	Syns          uint64 // SYNs that reached a listener; see Summary.SynCounter
+	Drops         uint64 // SYNs and final ACKs dropped for a full accept queue; see Summary.DropCounters
 	Wait          Wait
 	// Connections from the address now, from the snapshot taken when the
 	// summary was made (see Summary.Now).
@@ -65,6 +66,7 @@ type PortStats struct {
 	NotAccepted   uint64
 	SynackRetrans uint64
 	Syns          uint64
+	Drops         uint64
 	BacklogMax    uint32 // most connections queued at one accept (0: unknown)
 	BacklogLimit  uint32
 	Wait          Wait
@@ -91,7 +93,11 @@ type Summary struct {
 	TotalClientGone    uint64
 	TotalSynackRetrans uint64
 	TotalSyns          uint64
-	SynsCounted        bool            // the attach mode counts SYNs (fexit, kretprobe)
+	TotalDrops         uint64
+	SynCounter         string          // where SYNs are counted: "cgroup_skb", "tcp_conn_request"; "": not counted
+	DropCounters       []string        // accept-queue drops attributed: "syn", "final_ack"; none: only KernelCounters
+	GroupByPrefix      bool            // summary rows per network (Prefix) instead of per address
+	Prefix             PrefixLen       // network size for GroupByPrefix
 	Listeners          []PortStats     // per listening port, sorted by port
 	KernelCounters     []KernelCounter // fixed order, zeros included
 	Findings           []string        // one line each: what looks wrong
@@ -101,6 +107,12 @@ type Summary struct {
 	Now   *ConnStates
 	NetNS uint64
 }
+
+// SynsCounted says whether the Syns fields hold counts.
+func (s *Summary) SynsCounted() bool { return s.SynCounter != "" }
+
+// DropsCounted says whether the Drops fields hold counts.
+func (s *Summary) DropsCounted() bool { return len(s.DropCounters) > 0 }
 
 // Writer receives live events and summaries.
 type Writer interface {

@@ -276,6 +276,9 @@ type jsonLine struct {
 	TotalGone       uint64            `json:"total_client_gone"`
 	TotalSynack     uint64            `json:"total_synack_retrans"`
 	TotalSyns       *uint64           `json:"total_syns"`
+	TotalDrops      *uint64           `json:"total_drops"`
+	SynCounter      *string           `json:"syn_counter"`
+	DropCounters    []string          `json:"drop_counters"`
 	KernelCounters  map[string]uint64 `json:"kernel_counters"`
 	Findings        []string          `json:"findings"`
 	Listeners       []json.RawMessage `json:"listeners"`
@@ -291,6 +294,7 @@ type jsonLine struct {
 		ClientGone    uint64          `json:"client_gone"`
 		SynackRetrans uint64          `json:"synack_retrans"`
 		Syns          *uint64         `json:"syns"`
+		Drops         *uint64         `json:"drops"`
 		QueueWait     json.RawMessage `json:"queue_wait"`
 		Open          *uint64         `json:"open"`
 		SynRecv       *uint64         `json:"syn_recv"`
@@ -403,7 +407,8 @@ func TestJSONKeyOrder(t *testing.T) {
 			"queue_wait_us", "backlog", "backlog_max", "client_gone", "state"},
 		{"type", "final", "start", "end", "duration_s", "attach_mode", "ports", "total_accepted", "total_handshakes",
 			"lost_events", "address_overflow", "max_addresses", "total_not_accepted", "total_client_gone",
-			"total_synack_retrans", "total_syns", "kernel_counters", "findings", "listeners", "connections_now", "netns", "addresses"},
+			"total_synack_retrans", "total_syns", "total_drops", "syn_counter", "drop_counters", "kernel_counters",
+			"findings", "listeners", "connections_now", "netns", "addresses"},
 	}
 	for i := 0; sc.Scan(); i++ {
 		line := sc.Text()

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -116,64 +115,20 @@ func (t *textWriter) Summary(s Summary) error {
 		fmt.Fprintf(b, ", ports %s ---\n", Sanitize(strings.Join(s.Ports, ",")))
 	}
 
-	addrs := prepare(s.Addresses)
-	shown := addrs
-	if t.opt.Top > 0 && len(shown) > t.opt.Top {
-		shown = shown[:t.opt.Top]
-	}
-	rest := addrs[len(shown):]
-
-	// A SYNS column (third) only where the attach mode counts SYNs.
-	syns := func(cells []string, n string) []string {
-		if !s.SynsCounted {
-			return cells
-		}
-		return slices.Insert(cells, 2, n)
-	}
-	// OPEN and SYN_RECV (connections now) after SYNACK_RT, where a
-	// snapshot was taken.
-	now := func(cells []string, open, synRecv string) []string {
-		if s.Now == nil {
-			return cells
-		}
-		return slices.Insert(cells, 6, open, synRecv)
-	}
-	cols := func(cells []string, n, open, synRecv string) []string { return syns(now(cells, open, synRecv), n) }
-	tb := table{align: strings.Join(cols(strings.Split("lrrrrrrrrll", ""), "r", "r", "r"), "")}
-	tb.add(cols([]string{"REMOTE", "ACCEPTED", "HANDSHAKES", "NOT_ACC", "GONE", "SYNACK_RT", "WAIT_P50", "WAIT_P99", "WAIT_MAX", "FIRST", "LAST"}, "SYNS", "OPEN", "SYN_RECV")...)
-	for _, a := range shown {
-		tb.add(cols([]string{a.Addr.String(), num(a.Accepted), num(a.Handshakes), num(a.NotAccepted), num(a.ClientGone),
-			num(a.SynackRetrans), dur(a.Wait.P50, a.Wait.Count), dur(a.Wait.P99, a.Wait.Count),
-			dur(a.Wait.Max, a.Wait.Count), clock(a.First, loc), clock(a.Last, loc)}, num(a.Syns), num(a.Open), num(a.SynRecv))...)
-	}
-	if len(rest) > 0 {
-		var m uint64
-		for _, a := range rest {
-			m += a.Accepted
-		}
-		tb.line(fmt.Sprintf("… and %d more addresses (%d accepts)", len(rest), m))
-	}
-	if len(addrs) == 0 {
-		tb.line("no connections")
-	}
-	var nowTotal ConnStates
-	if s.Now != nil {
-		nowTotal = *s.Now
-	}
-	tb.add(cols([]string{"TOTAL", num(s.TotalAccepted), num(s.TotalHandshakes), num(s.TotalNotAccepted),
-		num(s.TotalClientGone), num(s.TotalSynackRetrans)}, num(s.TotalSyns), num(nowTotal.Established), num(nowTotal.SynRecv))...)
-	tb.write(b)
+	writeRows(b, &s, t.opt.Top, loc)
 
 	if len(s.Listeners) > 0 {
-		pt := table{align: strings.Repeat("r", 9)}
-		pt.add(syns([]string{"PORT", "ACCEPTED", "NOT_ACC", "SYNACK_RT", "BACKLOG_MAX", "WAIT_P50", "WAIT_P99", "WAIT_MAX"}, "SYNS")...)
+		cols := []string{"PORT", "ACCEPTED", "SYNS", "DROPS", "NOT_ACC", "SYNACK_RT", "BACKLOG_MAX", "WAIT_P50", "WAIT_P99", "WAIT_MAX"}
+		keep := countedColumns(&s, cols)
+		pt := table{align: strings.Repeat("r", len(cols))}
+		pt.add(keep(cols)...)
 		for _, p := range s.Listeners {
 			bl := "-"
 			if p.BacklogLimit > 0 || p.BacklogMax > 0 {
 				bl = fmt.Sprintf("%d/%d", p.BacklogMax, p.BacklogLimit)
 			}
-			pt.add(syns([]string{strconv.Itoa(int(p.Port)), num(p.Accepted), num(p.NotAccepted), num(p.SynackRetrans), bl,
-				dur(p.Wait.P50, p.Wait.Count), dur(p.Wait.P99, p.Wait.Count), dur(p.Wait.Max, p.Wait.Count)}, num(p.Syns))...)
+			pt.add(keep([]string{strconv.Itoa(int(p.Port)), num(p.Accepted), num(p.Syns), num(p.Drops), num(p.NotAccepted),
+				num(p.SynackRetrans), bl, dur(p.Wait.P50, p.Wait.Count), dur(p.Wait.P99, p.Wait.Count), dur(p.Wait.Max, p.Wait.Count)})...)
 		}
 		pt.write(b)
 	}
@@ -208,6 +163,99 @@ func (t *textWriter) Summary(s Summary) error {
 	return nil
 }
 
+// countedColumns returns a filter that takes the SYNS and DROPS cells out
+// of rows laid out as header where those are not counted, and OPEN and
+// SYN_RECV (connections now) where no snapshot was taken.
+func countedColumns(s *Summary, header []string) func([]string) []string {
+	skip := map[int]bool{}
+	for i, h := range header {
+		if (h == "SYNS" && !s.SynsCounted()) || (h == "DROPS" && !s.DropsCounted()) ||
+			((h == "OPEN" || h == "SYN_RECV") && s.Now == nil) {
+			skip[i] = true
+		}
+	}
+	return func(cells []string) []string {
+		out := make([]string, 0, len(cells))
+		for i, c := range cells {
+			if !skip[i] {
+				out = append(out, c)
+			}
+		}
+		return out
+	}
+}
+
+// writeRows writes the table of remote addresses (or of networks with
+// GroupByPrefix): the top rows, one line for the rest, and the totals.
+func writeRows(b *bytes.Buffer, s *Summary, top int, loc *time.Location) {
+	var rows []PrefixStats
+	var restN int
+	var restAcc uint64
+	what := "addresses"
+	if s.GroupByPrefix {
+		what = "networks"
+		rows = GroupByPrefix(s.Addresses, s.Prefix)
+	} else {
+		addrs := prepare(s.Addresses)
+		shown := addrs
+		if top > 0 && len(shown) > top {
+			shown = shown[:top]
+		}
+		for _, a := range shown {
+			rows = append(rows, PrefixStats{Addresses: 1, AddrStats: a})
+		}
+		for _, a := range addrs[len(shown):] {
+			restAcc += a.Accepted
+		}
+		restN = len(addrs) - len(shown)
+	}
+	if s.GroupByPrefix && top > 0 && len(rows) > top {
+		for _, g := range rows[top:] {
+			restAcc += g.Accepted
+		}
+		restN = len(rows) - top
+		rows = rows[:top]
+	}
+
+	head := []string{"REMOTE"}
+	lead := func(r PrefixStats) []string { return []string{r.Addr.String()} }
+	if s.GroupByPrefix {
+		head = []string{"NETWORK", "ADDRS"}
+		lead = func(r PrefixStats) []string { return []string{r.Prefix.String(), num(r.Addresses)} }
+	}
+	head = append(head, "ACCEPTED", "SYNS", "HANDSHAKES", "DROPS", "NOT_ACC", "GONE", "SYNACK_RT", "OPEN", "SYN_RECV",
+		"WAIT_P50", "WAIT_P99", "WAIT_MAX", "FIRST", "LAST")
+	cut := countedColumns(s, head)
+	align := "l" + strings.Repeat("r", len(head)-3) + "ll"
+	tb := table{align: strings.Join(cut(strings.Split(align, "")), "")}
+	tb.add(cut(head)...)
+	for _, r := range rows {
+		p50, p99 := dur(r.Wait.P50, r.Wait.Count), dur(r.Wait.P99, r.Wait.Count)
+		if s.GroupByPrefix {
+			p50, p99 = "-", "-" // not kept per network
+		}
+		tb.add(cut(append(lead(r), num(r.Accepted), num(r.Syns), num(r.Handshakes), num(r.Drops), num(r.NotAccepted), num(r.ClientGone),
+			num(r.SynackRetrans), num(r.Open), num(r.SynRecv), p50, p99, dur(r.Wait.Max, r.Wait.Count), clock(r.First, loc), clock(r.Last, loc)))...)
+	}
+	if restN > 0 {
+		tb.line(fmt.Sprintf("… and %d more %s (%d accepts)", restN, what, restAcc))
+	}
+	if len(s.Addresses) == 0 {
+		tb.line("no connections")
+	}
+	total := []string{"TOTAL"}
+	if s.GroupByPrefix {
+		total = append(total, num(uint64(len(s.Addresses))))
+	}
+	var now ConnStates
+	if s.Now != nil {
+		now = *s.Now
+	}
+	tb.add(cut(append(total, num(s.TotalAccepted), num(s.TotalSyns), num(s.TotalHandshakes), num(s.TotalDrops), num(s.TotalNotAccepted),
+		num(s.TotalClientGone), num(s.TotalSynackRetrans), num(now.Established), num(now.SynRecv)))...)
+	tb.write(b)
+}
+
 func clock(t time.Time, loc *time.Location) string {
 	if t.IsZero() {
 		return "-"
@@ -237,6 +285,19 @@ func FormatDuration(d time.Duration) string {
 		return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'g', 3, 64) + "ms"
 	default:
 		return strconv.FormatFloat(d.Seconds(), 'g', 3, 64) + "s"
+	}
+}
+
+// FormatRate prints a rate with up to three significant digits, without
+// its unit: 0.25, 2.5, 25, 840.
+func FormatRate(r float64) string {
+	switch {
+	case r >= 10:
+		return strconv.FormatFloat(r, 'f', 0, 64)
+	case r >= 1:
+		return strconv.FormatFloat(r, 'f', 1, 64)
+	default:
+		return strconv.FormatFloat(r, 'f', 2, 64)
 	}
 }
 

@@ -25,7 +25,7 @@ type acceptwatchAddrStats struct {
 	LastNs        uint64
 	WaitMaxNs     uint64
 	Window        uint32
-	Pad           uint32
+	Drops         uint32
 	FirstNs       uint64
 	WindowFirstNs uint64
 	NotAccepted   uint64
@@ -81,6 +81,7 @@ type acceptwatchPortStats struct {
 	NotAccepted   uint64
 	SynackRetrans uint64
 	Syns          uint64
+	Drops         uint64
 	WaitMaxNs     uint64
 	BacklogMax    uint32
 	BacklogLimit  uint32
@@ -103,36 +104,40 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	acceptwatchMapAwAddrs          = "aw_addrs"
-	acceptwatchMapAwEvents         = "aw_events"
-	acceptwatchMapAwListeners      = "aw_listeners"
-	acceptwatchMapAwLports         = "aw_lports"
-	acceptwatchMapAwPending        = "aw_pending"
-	acceptwatchMapAwPorts          = "aw_ports"
-	acceptwatchMapAwStats          = "aw_stats"
-	acceptwatchProgAwDestroy       = "aw_destroy"
-	acceptwatchProgAwFentrySyn     = "aw_fentry_syn"
-	acceptwatchProgAwFexitAcc2     = "aw_fexit_acc2"
-	acceptwatchProgAwFexitAcc4     = "aw_fexit_acc4"
-	acceptwatchProgAwHandshake     = "aw_handshake"
-	acceptwatchProgAwKprobeAcc     = "aw_kprobe_acc"
-	acceptwatchProgAwKprobeSyn     = "aw_kprobe_syn"
-	acceptwatchProgAwKretprobeAcc  = "aw_kretprobe_acc"
-	acceptwatchProgAwSynack        = "aw_synack"
-	acceptwatchProgAwTpAccept      = "aw_tp_accept"
-	acceptwatchProgAwTpAcceptOld   = "aw_tp_accept_old"
-	acceptwatchProgAwTpEnterOld    = "aw_tp_enter_old"
-	acceptwatchVarEmitEvents       = "emit_events"
-	acceptwatchVarFilterPorts      = "filter_ports"
-	acceptwatchVarTargetFamily     = "target_family"
-	acceptwatchVarTargetTgid       = "target_tgid"
-	acceptwatchVarUnusedEvent      = "unused_event"
-	acceptwatchVarUnusedEventFlags = "unused_event_flags"
-	acceptwatchVarUnusedEventKind  = "unused_event_kind"
-	acceptwatchVarUnusedPortStats  = "unused_port_stats"
-	acceptwatchVarUnusedStat       = "unused_stat"
-	acceptwatchVarWakeupBytes      = "wakeup_bytes"
-	acceptwatchVarWindowId         = "window_id"
+	acceptwatchMapAwAddrs              = "aw_addrs"
+	acceptwatchMapAwEvents             = "aw_events"
+	acceptwatchMapAwListeners          = "aw_listeners"
+	acceptwatchMapAwLports             = "aw_lports"
+	acceptwatchMapAwPending            = "aw_pending"
+	acceptwatchMapAwPorts              = "aw_ports"
+	acceptwatchMapAwStats              = "aw_stats"
+	acceptwatchProgAwDestroy           = "aw_destroy"
+	acceptwatchProgAwDrop              = "aw_drop"
+	acceptwatchProgAwFentrySyn         = "aw_fentry_syn"
+	acceptwatchProgAwFexitAcc2         = "aw_fexit_acc2"
+	acceptwatchProgAwFexitAcc4         = "aw_fexit_acc4"
+	acceptwatchProgAwHandshake         = "aw_handshake"
+	acceptwatchProgAwKprobeAcc         = "aw_kprobe_acc"
+	acceptwatchProgAwKprobeSyn         = "aw_kprobe_syn"
+	acceptwatchProgAwKretprobeAcc      = "aw_kretprobe_acc"
+	acceptwatchProgAwSynSkb            = "aw_syn_skb"
+	acceptwatchProgAwSynSkbNodrop      = "aw_syn_skb_nodrop"
+	acceptwatchProgAwSynack            = "aw_synack"
+	acceptwatchProgAwTpAccept          = "aw_tp_accept"
+	acceptwatchProgAwTpAcceptOld       = "aw_tp_accept_old"
+	acceptwatchProgAwTpEnterOld        = "aw_tp_enter_old"
+	acceptwatchVarEmitEvents           = "emit_events"
+	acceptwatchVarFilterPorts          = "filter_ports"
+	acceptwatchVarListenOverflowReason = "listen_overflow_reason"
+	acceptwatchVarTargetFamily         = "target_family"
+	acceptwatchVarTargetTgid           = "target_tgid"
+	acceptwatchVarUnusedEvent          = "unused_event"
+	acceptwatchVarUnusedEventFlags     = "unused_event_flags"
+	acceptwatchVarUnusedEventKind      = "unused_event_kind"
+	acceptwatchVarUnusedPortStats      = "unused_port_stats"
+	acceptwatchVarUnusedStat           = "unused_stat"
+	acceptwatchVarWakeupBytes          = "wakeup_bytes"
+	acceptwatchVarWindowId             = "window_id"
 )
 
 // loadAcceptwatch returns the embedded CollectionSpec for acceptwatch.
@@ -178,6 +183,7 @@ type acceptwatchSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type acceptwatchProgramSpecs struct {
 	AwDestroy      *ebpf.ProgramSpec `ebpf:"aw_destroy"`
+	AwDrop         *ebpf.ProgramSpec `ebpf:"aw_drop"`
 	AwFentrySyn    *ebpf.ProgramSpec `ebpf:"aw_fentry_syn"`
 	AwFexitAcc2    *ebpf.ProgramSpec `ebpf:"aw_fexit_acc2"`
 	AwFexitAcc4    *ebpf.ProgramSpec `ebpf:"aw_fexit_acc4"`
@@ -185,6 +191,8 @@ type acceptwatchProgramSpecs struct {
 	AwKprobeAcc    *ebpf.ProgramSpec `ebpf:"aw_kprobe_acc"`
 	AwKprobeSyn    *ebpf.ProgramSpec `ebpf:"aw_kprobe_syn"`
 	AwKretprobeAcc *ebpf.ProgramSpec `ebpf:"aw_kretprobe_acc"`
+	AwSynSkb       *ebpf.ProgramSpec `ebpf:"aw_syn_skb"`
+	AwSynSkbNodrop *ebpf.ProgramSpec `ebpf:"aw_syn_skb_nodrop"`
 	AwSynack       *ebpf.ProgramSpec `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.ProgramSpec `ebpf:"aw_tp_accept"`
 	AwTpAcceptOld  *ebpf.ProgramSpec `ebpf:"aw_tp_accept_old"`
@@ -208,17 +216,18 @@ type acceptwatchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type acceptwatchVariableSpecs struct {
-	EmitEvents       *ebpf.VariableSpec `ebpf:"emit_events"`
-	FilterPorts      *ebpf.VariableSpec `ebpf:"filter_ports"`
-	TargetFamily     *ebpf.VariableSpec `ebpf:"target_family"`
-	TargetTgid       *ebpf.VariableSpec `ebpf:"target_tgid"`
-	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedEventFlags *ebpf.VariableSpec `ebpf:"unused_event_flags"`
-	UnusedEventKind  *ebpf.VariableSpec `ebpf:"unused_event_kind"`
-	UnusedPortStats  *ebpf.VariableSpec `ebpf:"unused_port_stats"`
-	UnusedStat       *ebpf.VariableSpec `ebpf:"unused_stat"`
-	WakeupBytes      *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
-	WindowId         *ebpf.VariableSpec `ebpf:"window_id"`
+	EmitEvents           *ebpf.VariableSpec `ebpf:"emit_events"`
+	FilterPorts          *ebpf.VariableSpec `ebpf:"filter_ports"`
+	ListenOverflowReason *ebpf.VariableSpec `ebpf:"listen_overflow_reason"`
+	TargetFamily         *ebpf.VariableSpec `ebpf:"target_family"`
+	TargetTgid           *ebpf.VariableSpec `ebpf:"target_tgid"`
+	UnusedEvent          *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventFlags     *ebpf.VariableSpec `ebpf:"unused_event_flags"`
+	UnusedEventKind      *ebpf.VariableSpec `ebpf:"unused_event_kind"`
+	UnusedPortStats      *ebpf.VariableSpec `ebpf:"unused_port_stats"`
+	UnusedStat           *ebpf.VariableSpec `ebpf:"unused_stat"`
+	WakeupBytes          *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	WindowId             *ebpf.VariableSpec `ebpf:"window_id"`
 }
 
 // acceptwatchObjects contains all objects after they have been loaded into the kernel.
@@ -266,17 +275,18 @@ func (m *acceptwatchMaps) Close() error {
 //
 // It can be passed to loadAcceptwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acceptwatchVariables struct {
-	EmitEvents       *ebpf.Variable `ebpf:"emit_events"`
-	FilterPorts      *ebpf.Variable `ebpf:"filter_ports"`
-	TargetFamily     *ebpf.Variable `ebpf:"target_family"`
-	TargetTgid       *ebpf.Variable `ebpf:"target_tgid"`
-	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
-	UnusedEventFlags *ebpf.Variable `ebpf:"unused_event_flags"`
-	UnusedEventKind  *ebpf.Variable `ebpf:"unused_event_kind"`
-	UnusedPortStats  *ebpf.Variable `ebpf:"unused_port_stats"`
-	UnusedStat       *ebpf.Variable `ebpf:"unused_stat"`
-	WakeupBytes      *ebpf.Variable `ebpf:"wakeup_bytes"`
-	WindowId         *ebpf.Variable `ebpf:"window_id"`
+	EmitEvents           *ebpf.Variable `ebpf:"emit_events"`
+	FilterPorts          *ebpf.Variable `ebpf:"filter_ports"`
+	ListenOverflowReason *ebpf.Variable `ebpf:"listen_overflow_reason"`
+	TargetFamily         *ebpf.Variable `ebpf:"target_family"`
+	TargetTgid           *ebpf.Variable `ebpf:"target_tgid"`
+	UnusedEvent          *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventFlags     *ebpf.Variable `ebpf:"unused_event_flags"`
+	UnusedEventKind      *ebpf.Variable `ebpf:"unused_event_kind"`
+	UnusedPortStats      *ebpf.Variable `ebpf:"unused_port_stats"`
+	UnusedStat           *ebpf.Variable `ebpf:"unused_stat"`
+	WakeupBytes          *ebpf.Variable `ebpf:"wakeup_bytes"`
+	WindowId             *ebpf.Variable `ebpf:"window_id"`
 }
 
 // acceptwatchPrograms contains all programs after they have been loaded into the kernel.
@@ -284,6 +294,7 @@ type acceptwatchVariables struct {
 // It can be passed to loadAcceptwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acceptwatchPrograms struct {
 	AwDestroy      *ebpf.Program `ebpf:"aw_destroy"`
+	AwDrop         *ebpf.Program `ebpf:"aw_drop"`
 	AwFentrySyn    *ebpf.Program `ebpf:"aw_fentry_syn"`
 	AwFexitAcc2    *ebpf.Program `ebpf:"aw_fexit_acc2"`
 	AwFexitAcc4    *ebpf.Program `ebpf:"aw_fexit_acc4"`
@@ -291,6 +302,8 @@ type acceptwatchPrograms struct {
 	AwKprobeAcc    *ebpf.Program `ebpf:"aw_kprobe_acc"`
 	AwKprobeSyn    *ebpf.Program `ebpf:"aw_kprobe_syn"`
 	AwKretprobeAcc *ebpf.Program `ebpf:"aw_kretprobe_acc"`
+	AwSynSkb       *ebpf.Program `ebpf:"aw_syn_skb"`
+	AwSynSkbNodrop *ebpf.Program `ebpf:"aw_syn_skb_nodrop"`
 	AwSynack       *ebpf.Program `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.Program `ebpf:"aw_tp_accept"`
 	AwTpAcceptOld  *ebpf.Program `ebpf:"aw_tp_accept_old"`
@@ -300,6 +313,7 @@ type acceptwatchPrograms struct {
 func (p *acceptwatchPrograms) Close() error {
 	return _AcceptwatchClose(
 		p.AwDestroy,
+		p.AwDrop,
 		p.AwFentrySyn,
 		p.AwFexitAcc2,
 		p.AwFexitAcc4,
@@ -307,6 +321,8 @@ func (p *acceptwatchPrograms) Close() error {
 		p.AwKprobeAcc,
 		p.AwKprobeSyn,
 		p.AwKretprobeAcc,
+		p.AwSynSkb,
+		p.AwSynSkbNodrop,
 		p.AwSynack,
 		p.AwTpAccept,
 		p.AwTpAcceptOld,

@@ -26,7 +26,9 @@ type Counts struct {
 	TotalClientGone    uint64
 	TotalSynackRetrans uint64
 	TotalSyns          uint64
-	SynsCounted        bool // the mode counts SYNs (fexit, kretprobe)
+	TotalDrops         uint64
+	SynCounter         string   // where SYNs are counted (SynCgroup, SynConnRequest), "" if not
+	DropCounters       []string // which accept-queue drops are attributed (DropsSyn, DropsFinalAck)
 	LostEvents         uint64
 	AddressOverflow    uint64 // events not attributed to an address: map full
 	WaitsUnknown       uint64 // handshakes whose queue wait could not be kept: table full
@@ -58,7 +60,7 @@ func (t *Tracer) Window() (Counts, error) {
 // collect reads every counter; for a window it subtracts what the previous
 // window had seen and remembers the new values.
 func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
-	c := Counts{Start: start, End: time.Now(), SynsCounted: t.synsCounted}
+	c := Counts{Start: start, End: time.Now(), SynCounter: t.synCounter, DropCounters: t.DropCounters()}
 	stats, err := t.readStats()
 	if err != nil {
 		return c, err
@@ -69,7 +71,7 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 		if window {
 			p := t.prev[k]
 			d = subAddr(*v, p)
-			if d.Accepted+d.Handshakes+d.NotAccepted+d.SynackRetrans+d.Syns == 0 {
+			if d.Accepted+d.Handshakes+d.NotAccepted+d.SynackRetrans+d.Syns+uint64(d.Drops) == 0 {
 				return
 			}
 			t.prev[k] = *v
@@ -88,6 +90,7 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 			ClientGone:    d.Gone,
 			SynackRetrans: d.SynackRetrans,
 			Syns:          d.Syns,
+			Drops:         uint64(d.Drops),
 			Wait:          waitStats(d.WaitHist, v.WaitMaxNs),
 		}
 		if window && (a.First.IsZero() || a.First.Before(start)) {
@@ -102,6 +105,7 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 		c.TotalClientGone += d.Gone
 		c.TotalSynackRetrans += d.SynackRetrans
 		c.TotalSyns += d.Syns
+		c.TotalDrops += uint64(d.Drops)
 	})
 	if err != nil {
 		return c, err
@@ -149,7 +153,7 @@ func (t *Tracer) collectPorts(c *Counts, window bool) error {
 		if window {
 			d = subPort(v, t.prevPorts[uint16(port)])
 			t.prevPorts[uint16(port)] = v
-			if d.Accepted+d.NotAccepted+d.SynackRetrans+d.Syns == 0 {
+			if d.Accepted+d.NotAccepted+d.SynackRetrans+d.Syns+d.Drops == 0 {
 				continue
 			}
 		}
@@ -159,6 +163,7 @@ func (t *Tracer) collectPorts(c *Counts, window bool) error {
 			NotAccepted:   d.NotAccepted,
 			SynackRetrans: d.SynackRetrans,
 			Syns:          d.Syns,
+			Drops:         d.Drops,
 			BacklogMax:    d.BacklogMax,
 			BacklogLimit:  d.BacklogLimit,
 			Wait:          waitStats(d.WaitHist, d.WaitMaxNs),
@@ -179,6 +184,7 @@ func mergePortStats(perCPU []acceptwatchPortStats) acceptwatchPortStats {
 		m.NotAccepted += v.NotAccepted
 		m.SynackRetrans += v.SynackRetrans
 		m.Syns += v.Syns
+		m.Drops += v.Drops
 		m.WaitMaxNs = max(m.WaitMaxNs, v.WaitMaxNs)
 		m.BacklogMax = max(m.BacklogMax, v.BacklogMax)
 		m.BacklogLimit = max(m.BacklogLimit, v.BacklogLimit)
@@ -195,6 +201,7 @@ func subPort(v, p acceptwatchPortStats) acceptwatchPortStats {
 	v.NotAccepted -= p.NotAccepted
 	v.SynackRetrans -= p.SynackRetrans
 	v.Syns -= p.Syns
+	v.Drops -= p.Drops
 	for i := range v.WaitHist {
 		v.WaitHist[i] -= p.WaitHist[i]
 	}
@@ -208,6 +215,7 @@ func subAddr(v, p acceptwatchAddrStats) acceptwatchAddrStats {
 	v.Gone -= p.Gone
 	v.SynackRetrans -= p.SynackRetrans
 	v.Syns -= p.Syns
+	v.Drops -= p.Drops // 32 bits: a window's difference is right across a wrap
 	for i := range v.WaitHist {
 		v.WaitHist[i] -= p.WaitHist[i]
 	}

@@ -46,25 +46,27 @@ type Config struct {
 	Family       int      // 4 or 6; 0: both
 	MaxAddresses uint32   // capacity of the address map; 0: DefaultMaxAddresses
 	LiveEvents   bool     // send a live event per accept (false: counters only)
+	NoSynCounter bool     // count no SYNs: no per-packet program, no tcp_conn_request hook
 	// Logf receives diagnostics (which modes failed and why); nil drops them.
 	Logf func(format string, args ...any)
 }
 
 // Tracer is a loaded and attached set of programs. Close releases everything.
 type Tracer struct {
-	mode        string
-	synsCounted bool
-	maps        *ebpf.Collection // every map, made once for all modes tried
-	coll        *ebpf.Collection // the chosen mode's programs
-	links       []link.Link
-	reader      *ringbuf.Reader
-	addrs       *ebpf.Map
-	lports      *ebpf.Map
-	stats       *ebpf.Map
-	window      *ebpf.Variable
-	windowID    uint32
-	bootWall    time.Time // wall-clock time of CLOCK_MONOTONIC zero
-	rec         ringbuf.Record
+	mode       string
+	synCounter string           // SynCgroup, SynConnRequest or "" (not counted)
+	maps       *ebpf.Collection // every map, made once for all modes tried
+	coll       *ebpf.Collection // the chosen mode's programs
+	extras     *extras          // SYN and drop counters every mode shares
+	links      []link.Link
+	reader     *ringbuf.Reader
+	addrs      *ebpf.Map
+	lports     *ebpf.Map
+	stats      *ebpf.Map
+	window     *ebpf.Variable
+	windowID   uint32
+	bootWall   time.Time // wall-clock time of CLOCK_MONOTONIC zero
+	rec        ringbuf.Record
 
 	start, windowStart time.Time
 	prev               map[[16]byte]acceptwatchAddrStats
@@ -123,9 +125,10 @@ func Open(cfg Config) (*Tracer, error) {
 			logf("mounted tracefs on /sys/kernel/tracing")
 		}
 	}
+	ex := openExtras(spec, maps, cache, cfg)
 	var reasons []string
 	for _, mode := range modes {
-		t, err := openMode(spec, maps, cache, mode, cfg, tracefsErr)
+		t, err := openMode(spec, maps, cache, mode, cfg, tracefsErr, ex)
 		if err == nil {
 			logf("attach mode %s: attached", mode)
 			return t, nil
@@ -134,10 +137,12 @@ func Open(cfg Config) (*Tracer, error) {
 		logf("attach mode %s: failed: %s", mode, reason)
 		reasons = append(reasons, mode+": "+reason)
 		if errors.Is(err, os.ErrPermission) && os.Geteuid() != 0 {
+			ex.Close()
 			maps.Close()
 			return nil, ErrPrivileges
 		}
 	}
+	ex.Close()
 	maps.Close()
 	return nil, fmt.Errorf("no attach mode works on this kernel (%s)", strings.Join(reasons, "; "))
 }
@@ -193,9 +198,9 @@ func createMaps(spec *ebpf.CollectionSpec, cfg Config) (_ *ebpf.Collection, err 
 
 // openMode loads the accept programs of one mode and the TCP tracepoint
 // programs (no other program is loaded) and attaches them.
-func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache, mode string, cfg Config, tracefsErr error) (_ *Tracer, err error) {
+func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache, mode string, cfg Config, tracefsErr error, ex *extras) (_ *Tracer, err error) {
 	var accept []string // the accept hook's programs, in attach order
-	var syn string      // counts SYNs where the mode can (optional)
+	var syn string      // counts SYNs where the cgroup counter could not (optional)
 	switch mode {
 	case ModeFexit:
 		var prog string
@@ -215,6 +220,9 @@ func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache
 	if err != nil {
 		return nil, err
 	}
+	if ex.syn != "" || cfg.NoSynCounter {
+		syn = "" // one source of truth: the cgroup counter, or none
+	}
 
 	logf := cfg.Logf
 	logf("attach mode %s: loading %s", mode, strings.Join(accept, ", "))
@@ -223,7 +231,7 @@ func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache
 	coll, err := loadPrograms(spec, append(keep, syn), opts)
 	if err != nil && syn != "" {
 		// SYN counting is a bonus: load the mode without it.
-		logf("attach mode %s: SYN counting unavailable: %s", mode, oneLine(err.Error()))
+		logf("attach mode %s: SYN counter at tcp_conn_request unavailable: %s", mode, oneLine(err.Error()))
 		syn = ""
 		coll, err = loadPrograms(spec, keep, opts)
 	}
@@ -232,21 +240,24 @@ func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache
 	}
 	mono, wall := monotonicNow()
 	t := &Tracer{
-		mode:      mode,
-		maps:      maps,
-		coll:      coll,
-		addrs:     maps.Maps["aw_addrs"],
-		lports:    maps.Maps["aw_lports"],
-		stats:     maps.Maps["aw_stats"],
-		window:    maps.Variables["window_id"],
-		bootWall:  wall.Add(-mono),
-		prev:      map[[16]byte]acceptwatchAddrStats{},
-		prevPorts: map[uint16]acceptwatchPortStats{},
+		mode:       mode,
+		synCounter: ex.syn,
+		maps:       maps,
+		coll:       coll,
+		addrs:      maps.Maps["aw_addrs"],
+		lports:     maps.Maps["aw_lports"],
+		stats:      maps.Maps["aw_stats"],
+		window:     maps.Variables["window_id"],
+		bootWall:   wall.Add(-mono),
+		prev:       map[[16]byte]acceptwatchAddrStats{},
+		prevPorts:  map[uint16]acceptwatchPortStats{},
 	}
 	defer func() {
 		if err != nil {
 			t.maps = nil // the caller's, for the next mode
 			t.Close()
+		} else {
+			t.extras = ex
 		}
 	}()
 
@@ -298,11 +309,15 @@ func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache
 			l, synErr = link.Kprobe("tcp_conn_request", coll.Programs[syn], nil)
 		}
 		if synErr != nil {
-			logf("attach mode %s: SYN counting unavailable: %s", mode, oneLine(synErr.Error()))
+			logf("attach mode %s: SYN counter at tcp_conn_request unavailable: %s", mode, oneLine(synErr.Error()))
 		} else {
 			t.links = append(t.links, l)
-			t.synsCounted = true
+			t.synCounter = SynConnRequest
+			logf("SYN counter: falling back to %s (attach mode %s)", syn, mode)
 		}
+	}
+	if t.synCounter == "" && !cfg.NoSynCounter {
+		logf("SYN counter: none in attach mode %s: SYNS not counted", mode)
 	}
 	t.counters, _ = readNetstat()
 	t.prevCounters = t.counters
@@ -333,8 +348,18 @@ func (t *Tracer) attach(l link.Link, err error) error {
 // Mode is the attach mode in use.
 func (t *Tracer) Mode() string { return t.mode }
 
-// SynsCounted says whether SYNs are counted (a function hook is needed).
-func (t *Tracer) SynsCounted() bool { return t.synsCounted }
+// SynCounter says where SYNs are counted: SynCgroup, SynConnRequest, or
+// "" when they are not.
+func (t *Tracer) SynCounter() string { return t.synCounter }
+
+// DropCounters says which accept-queue drops are attributed to addresses
+// (DropsSyn, DropsFinalAck); none: only the kernel's global counters.
+func (t *Tracer) DropCounters() []string {
+	if t.extras == nil {
+		return nil
+	}
+	return t.extras.drops
+}
 
 // Close detaches and unloads every program and map. It is safe to call twice.
 func (t *Tracer) Close() error {
@@ -343,6 +368,10 @@ func (t *Tracer) Close() error {
 		errs = append(errs, l.Close())
 	}
 	t.links = nil
+	if t.extras != nil {
+		t.extras.Close()
+		t.extras = nil
+	}
 	if t.reader != nil {
 		errs = append(errs, t.reader.Close())
 		t.reader = nil

@@ -399,6 +399,9 @@ type jsonSummary struct {
 	TotalClientGone    uint64            `json:"total_client_gone"`
 	TotalSynackRetrans uint64            `json:"total_synack_retrans"`
 	TotalSyns          *uint64           `json:"total_syns"`
+	TotalDrops         *uint64           `json:"total_drops"`
+	SynCounter         *string           `json:"syn_counter"`
+	DropCounters       []string          `json:"drop_counters"`
 	LostEvents         uint64            `json:"lost_events"`
 	AddressOverflow    uint64            `json:"address_overflow"`
 	KernelCounters     map[string]uint64 `json:"kernel_counters"`
@@ -409,6 +412,8 @@ type jsonSummary struct {
 		Port         int       `json:"port"`
 		Accepted     uint64    `json:"accepted"`
 		NotAccepted  uint64    `json:"not_accepted"`
+		Syns         *uint64   `json:"syns"`
+		Drops        *uint64   `json:"drops"`
 		BacklogMax   uint32    `json:"backlog_max"`
 		BacklogLimit uint32    `json:"backlog_limit"`
 		QueueWait    jsonWaits `json:"queue_wait"`
@@ -425,7 +430,34 @@ type jsonSummary struct {
 		Syns          *uint64 `json:"syns"`
 		Open          *uint64 `json:"open"`
 		SynRecv       *uint64 `json:"syn_recv"`
+		Drops         *uint64 `json:"drops"`
 	} `json:"addresses"`
+	PrefixLen []int `json:"prefix_len"`
+	Prefixes  []struct {
+		Prefix    string  `json:"prefix"`
+		Addresses uint64  `json:"addresses"`
+		Accepted  uint64  `json:"accepted"`
+		Syns      *uint64 `json:"syns"`
+	} `json:"prefixes"`
+}
+
+// addr returns the summary's row for one address (ok false if absent).
+func (s jsonSummary) addr(a string) (row struct {
+	Accepted, Handshakes, Syns, Drops uint64
+}, ok bool) {
+	for _, r := range s.Addresses {
+		if r.Addr == a {
+			row.Accepted, row.Handshakes = r.Accepted, r.Handshakes
+			if r.Syns != nil {
+				row.Syns = *r.Syns
+			}
+			if r.Drops != nil {
+				row.Drops = *r.Drops
+			}
+			return row, true
+		}
+	}
+	return row, false
 }
 
 type jsonWaits struct {
@@ -547,14 +579,21 @@ func TestTraceJSON(t *testing.T) {
 		if a.First == nil || a.Last == nil {
 			t.Errorf("address %s without first/last times", a.Addr)
 		}
-		// SYNs are counted by the function-hook modes only; on loopback
-		// each connection sends exactly one.
-		switch {
-		case p.mode == "tracepoint" && a.Syns != nil:
-			t.Errorf("tracepoint mode reports SYNs for %s", a.Addr)
-		case p.mode != "tracepoint" && (a.Syns == nil || *a.Syns != a.Accepted):
+		// SYNs are counted in every mode (cgroup_skb on the cgroup v2
+		// root); on loopback each connection sends exactly one.
+		if a.Syns == nil || *a.Syns != a.Accepted {
 			t.Errorf("%s mode: %s syns %v, want %d (one per connection)", p.mode, a.Addr, a.Syns, a.Accepted)
 		}
+		if a.Drops != nil && *a.Drops != 0 {
+			t.Errorf("%s: %d drops, want 0", a.Addr, *a.Drops)
+		}
+	}
+	if s.SynCounter == nil || *s.SynCounter != "cgroup_skb" || s.TotalSyns == nil || *s.TotalSyns != uint64(total) {
+		t.Errorf("syn_counter %v total_syns %v, want cgroup_skb and %d", s.SynCounter, s.TotalSyns, total)
+	}
+	// An ordinary run has nothing to report.
+	if len(s.Findings) != 0 {
+		t.Errorf("findings for an ordinary run: %q", s.Findings)
 	}
 	if !strings.Contains(p.stderr.String(), "acceptwatch: tracing") {
 		t.Errorf("no 'acceptwatch: tracing' line on stderr: %q", p.stderr.String())
@@ -633,15 +672,16 @@ func TestTraceText(t *testing.T) {
 			t.Errorf("summary lacks %q:\n%s", frag, out)
 		}
 	}
-	// TOTAL accepted [syns] handshakes not-accepted gone synack-retransmits open syn-recv;
-	// the SYNS column is there in the modes that count SYNs.
-	// Then OPEN and SYN_RECV now: the server closed every connection.
-	totals := []string{"TOTAL", strconv.Itoa(total), strconv.Itoa(total), "0", "0", "0", "0", "0"}
-	if p.mode != "tracepoint" {
-		totals = slices.Insert(totals, 2, strconv.Itoa(total))
+	// TOTAL accepted syns handshakes [drops] not-accepted gone
+	// synack-retransmits open syn-recv: SYNS in every mode, DROPS where the
+	// kernel lets acceptwatch attribute them; then OPEN and SYN_RECV now:
+	// the server closed every connection.
+	totals := []string{"TOTAL", strconv.Itoa(total), strconv.Itoa(total), strconv.Itoa(total), "0", "0", "0", "0", "0"}
+	if regexp.MustCompile(`(?m)^REMOTE +ACCEPTED +SYNS +HANDSHAKES +DROPS `).MatchString(out) {
+		totals = slices.Insert(totals, 4, "0")
 	}
-	if !containsFields(out, totals...) {
-		t.Errorf("no %q line:\n%s", totals, out)
+	if !containsFields(out, totals...) || !regexp.MustCompile(`(?m)^REMOTE +ACCEPTED +SYNS +HANDSHAKES `).MatchString(out) {
+		t.Errorf("no SYNS column or no %q line:\n%s", totals, out)
 	}
 	if strings.Contains(out, unwatchedSrc) {
 		t.Errorf("unwatched source %s appears:\n%s", unwatchedSrc, out)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/acceptwatch/acceptwatch/report"
 	"github.com/acceptwatch/acceptwatch/tracer"
 )
 
@@ -31,11 +32,29 @@ type options struct {
 	help              bool
 	waitThreshold     time.Duration
 	halfOpenThreshold uint64
+	noSynCounter      bool
+	prefix            string
+	groupBy           string
+	floodMin          uint64
+	floodFactor       float64
+	floodShare        float64
+	baseline          string
+	saveBaseline      string
+	baselineFactor    float64
 	readyFile         string // test hook: written once tracing has started
 	snapshot          snapshotOptions
 
-	portList  []uint16 // parsed from ports
-	portNames []string // normalised, for display
+	portList  []uint16         // parsed from ports
+	portNames []string         // normalised, for display
+	prefixLen report.PrefixLen // parsed from prefix
+}
+
+// thresholds are the findings' thresholds the flags set.
+func (o *options) thresholds() report.Thresholds {
+	return report.Thresholds{
+		Wait: o.waitThreshold, HalfOpen: o.halfOpenThreshold,
+		FloodMin: o.floodMin, FloodFactor: o.floodFactor, FloodShare: o.floodShare, Prefix: o.prefixLen,
+	}
 }
 
 // usageError is a bad command line: exit status 2.
@@ -55,6 +74,9 @@ const examples = `Examples:
   sudo acceptwatch -port 80 -o json | jq .  # one JSON object per line
   sudo acceptwatch -v --attach tracepoint   # force a mode; -v says why others failed
   acceptwatch --snapshot -port 80,443       # who is connected now (no BPF, no root)
+  sudo acceptwatch -port 443 -q --group-by prefix --prefix 16,48  # rows per network
+  sudo acceptwatch -port 443 -q -d 10m --save-baseline normal.json  # a normal period...
+  sudo acceptwatch -port 443 -q -i 1m --baseline normal.json        # ...and what is far above it
 `
 
 func newFlagSet(o *options) *pflag.FlagSet {
@@ -75,6 +97,16 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.DurationVar(&o.waitThreshold, "wait-threshold", 100*time.Millisecond, "report a finding when a port's queue wait p99 is above this")
 	fs.Uint64Var(&o.halfOpenThreshold, "half-open-threshold", 10, "report a finding for an address with this many SYN-ACK retransmits")
 	snapshotFlags(fs, &o.snapshot)
+	d := report.DefaultThresholds
+	fs.StringVar(&o.prefix, "prefix", d.Prefix.String(), "network `bits` for IPv4,IPv6 in per-network findings and --group-by prefix")
+	fs.StringVar(&o.groupBy, "group-by", "address", "summary rows per address or per prefix (network)")
+	fs.Uint64Var(&o.floodMin, "flood-min", d.FloodMin, "fewest SYNs, accepts or half-open handshakes in a window for a flood or baseline finding")
+	fs.Float64Var(&o.floodFactor, "flood-factor", d.FloodFactor, "finding for an address or network with this many times the median one's SYNs or accepts")
+	fs.Float64Var(&o.floodShare, "flood-share", d.FloodShare, "finding for an address or network with this share (0-1) of all SYNs or accepts")
+	fs.StringVar(&o.saveBaseline, "save-baseline", "", "at the end, save this run's rates to `file` as a baseline")
+	fs.StringVar(&o.baseline, "baseline", "", "compare with the baseline saved in `file`: findings for what is far above it")
+	fs.Float64Var(&o.baselineFactor, "baseline-factor", 3, "finding for a rate (or queue wait) this many times its baseline")
+	fs.BoolVar(&o.noSynCounter, "no-syn-counter", false, "count no SYNs: no per-packet program on the cgroup root (SYNS not counted)")
 	fs.BoolVarP(&o.verbose, "verbose", "v", false, "say which attach modes were tried and why each failed")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help")
@@ -158,7 +190,21 @@ func (o *options) validate() error {
 	if o.maxAddresses == 0 {
 		return usagef("invalid --max-addresses 0: must be at least 1")
 	}
+	switch o.groupBy {
+	case "address", "prefix":
+	default:
+		return usagef("invalid --group-by %q: use address or prefix", o.groupBy)
+	}
+	if !(o.floodFactor >= 0) || !(o.baselineFactor >= 0) {
+		return usagef("--flood-factor and --baseline-factor must be 0 or more")
+	}
+	if !(o.floodShare >= 0 && o.floodShare <= 1) {
+		return usagef("invalid --flood-share %v: must be between 0 and 1", o.floodShare)
+	}
 	var err error
+	if o.prefixLen, err = report.ParsePrefixLen(o.prefix); err != nil {
+		return usagef("invalid --prefix %q: %v", o.prefix, err)
+	}
 	o.portList, o.portNames, err = parsePorts(o.ports)
 	return err
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/acceptwatch/acceptwatch/report"
+	"github.com/acceptwatch/acceptwatch/report/baseline"
 	"github.com/acceptwatch/acceptwatch/tracer"
 )
 
@@ -34,6 +35,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.snapshot.on {
 		return runSnapshot(o, stdout, stderr)
 	}
+	var base *baseline.File
+	if o.baseline != "" {
+		if base, err = baseline.Load(o.baseline); err != nil {
+			return usageError{err.Error()}
+		}
+	}
+	if o.saveBaseline != "" {
+		if err := baseline.CheckWritable(o.saveBaseline); err != nil {
+			return usageError{err.Error()}
+		}
+	}
 	if err := checkPrivileges(); err != nil {
 		return err
 	}
@@ -44,7 +56,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		PID:          o.pid,
 		MaxAddresses: o.maxAddresses,
 		// --count needs the events to count them, even with -q.
-		LiveEvents: !o.quiet || o.count > 0,
+		LiveEvents:   !o.quiet || o.count > 0,
+		NoSynCounter: o.noSynCounter,
 	}
 	if o.ipv4 {
 		cfg.Family = 4
@@ -85,7 +98,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		w = report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet})
 	}
-	l := &loop{o: o, t: t, w: w, out: out, now: openConnectionsNow()}
+	l := &loop{o: o, t: t, w: w, out: out, now: openConnectionsNow(), base: base, stderr: stderr}
 	defer l.now.Close()
 	err = l.run(ctx)
 	if isClosedPipe(err) {
@@ -95,11 +108,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 type loop struct {
-	o   *options
-	t   *tracer.Tracer
-	w   report.Writer
-	out *bufio.Writer
-	now *connectionsNow // who is connected, for each summary
+	o      *options
+	t      *tracer.Tracer
+	w      report.Writer
+	out    *bufio.Writer
+	now    *connectionsNow // who is connected, for each summary
+	base   *baseline.File  // --baseline, or nil
+	stderr io.Writer
 }
 
 func (l *loop) run(ctx context.Context) error {
@@ -186,11 +201,18 @@ func (l *loop) summary(final bool) error {
 		TotalClientGone:    c.TotalClientGone,
 		TotalSynackRetrans: c.TotalSynackRetrans,
 		TotalSyns:          c.TotalSyns,
-		SynsCounted:        c.SynsCounted,
+		TotalDrops:         c.TotalDrops,
+		SynCounter:         c.SynCounter,
+		DropCounters:       c.DropCounters,
+		GroupByPrefix:      l.o.groupBy == "prefix",
+		Prefix:             l.o.prefixLen,
 		Listeners:          c.Listeners,
 		KernelCounters:     c.KernelCounters,
 	}
-	s.Findings = report.Findings(s, report.Thresholds{Wait: l.o.waitThreshold, HalfOpen: l.o.halfOpenThreshold})
+	s.Findings = report.Findings(s, l.o.thresholds())
+	if l.base != nil {
+		s.Findings = append(s.Findings, baseline.Compare(l.base, s, baseline.Thresholds{Factor: l.o.baselineFactor, Min: l.o.floodMin})...)
+	}
 	if c.WaitsUnknown > 0 {
 		s.Findings = append(s.Findings, fmt.Sprintf("%d queue waits unknown: too many connections waiting at once", c.WaitsUnknown))
 	}
@@ -198,10 +220,18 @@ func (l *loop) summary(final bool) error {
 		s.Findings = append(s.Findings, fmt.Sprintf("%d events not counted per port: too many listening ports", c.PortsOverflow))
 	}
 	l.now.add(&s, l.o)
-	if err := l.w.Summary(s); err != nil {
-		return err
+	err = l.w.Summary(s)
+	if err == nil {
+		err = l.out.Flush()
 	}
-	return l.out.Flush()
+	// Saved even when stdout has gone (| head): the counts are complete.
+	if final && l.o.saveBaseline != "" {
+		if serr := baseline.FromSummary(s).Save(l.o.saveBaseline); serr != nil {
+			return serr
+		}
+		fmt.Fprintf(l.stderr, "acceptwatch: baseline saved to %s\n", l.o.saveBaseline)
+	}
+	return err
 }
 
 // checkPrivileges fails early, with the capabilities named, when the

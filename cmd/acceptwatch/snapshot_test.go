@@ -193,7 +193,7 @@ func (s *snapServer) connect(t *testing.T, src string, n int, accept bool) (clie
 // server keeps a SYN_RECV request socket, retransmitting.
 func halfOpen(t *testing.T, src [4]byte, port int) {
 	t.Helper()
-	dropSynAcksTo(t, src)
+	dropSynAcks(t, netip.PrefixFrom(netip.AddrFrom4(src), 32))
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
