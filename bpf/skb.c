@@ -45,9 +45,10 @@ static __always_inline bool syn_dropped(struct __sk_buff *skb, __u8 *ip, __u8 *t
 	return !pending;
 }
 
-/* check_queue: also count the SYNs the listener drops for a full accept
- * queue (syn_dropped; bpf_skc_to_tcp_sock needs 5.9+). */
-static __always_inline int count_syn_skb(struct __sk_buff *skb, bool check_queue)
+/* bpf_skc_to_tcp_sock in cgroup programs needs 5.9; every kernel with
+ * cgroup links but without it (5.7, 5.8) counts SYNs at tcp_conn_request. */
+SEC("cgroup_skb/ingress")
+int aw_syn_skb(struct __sk_buff *skb)
 {
 	/* At this hook data is the network header. */
 	__u8 *ip = (__u8 *)(long)skb->data;
@@ -83,21 +84,7 @@ static __always_inline int count_syn_skb(struct __sk_buff *skb, bool check_queue
 		return 1;
 	struct delta d = { .syn = true };
 
-	if (check_queue)
-		d.drop = syn_dropped(skb, ip, th, ver);
+	d.drop = syn_dropped(skb, ip, th, ver);
 	pkt_count(&key, lport, &d);
 	return 1;
-}
-
-SEC("cgroup_skb/ingress")
-int aw_syn_skb(struct __sk_buff *skb)
-{
-	return count_syn_skb(skb, true);
-}
-
-/* Kernels before 5.9: SYNs only. */
-SEC("cgroup_skb/ingress")
-int aw_syn_skb_nodrop(struct __sk_buff *skb)
-{
-	return count_syn_skb(skb, false);
 }

@@ -184,14 +184,16 @@ func floodFindings(s Summary, th Thresholds) []string {
 		}
 		out = append(out, capLines(lines, "addresses far above the rest in "+m.name)...)
 	}
+	namedNet := map[netip.Prefix]bool{}
 	for _, m := range metrics {
 		var lines []string
 		var biggest map[netip.Prefix]netip.Addr
 		for _, o := range outliers(nets, m, th) {
 			g := groups[o.i]
-			if g.Addresses < 2 {
+			if g.Addresses < 2 || namedNet[g.Prefix] {
 				continue
 			}
+			namedNet[g.Prefix] = true
 			if biggest == nil {
 				biggest = top(m)
 			}

@@ -146,3 +146,19 @@ func TestGoldenJSON(t *testing.T) {
 	}
 	checkGolden(t, "json", buf.Bytes())
 }
+
+// TestGoldenGroupByPrefix: the summary's rows per network, text and JSON.
+func TestGoldenGroupByPrefix(t *testing.T) {
+	s := sampleSummary(true)
+	s.GroupByPrefix, s.Prefix = true, PrefixLen{V4: 16, V6: 32}
+	s.Addresses = append(s.Addresses, AddrStats{Addr: netip.MustParseAddr("192.168.200.1"), Accepted: 4, Handshakes: 4, Syns: 9, Drops: 5,
+		First: at(4), Last: at(5), Wait: Wait{Count: 4, P50: time.Millisecond, P99: 3 * time.Millisecond, Max: 2500 * time.Microsecond}})
+	var buf bytes.Buffer
+	if err := NewText(&buf, TextOptions{Location: testLoc, Quiet: true, Top: 3}).Summary(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewJSON(&buf).Summary(s); err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "group_by_prefix", buf.Bytes())
+}

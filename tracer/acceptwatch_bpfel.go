@@ -121,7 +121,6 @@ const (
 	acceptwatchProgAwKprobeSyn         = "aw_kprobe_syn"
 	acceptwatchProgAwKretprobeAcc      = "aw_kretprobe_acc"
 	acceptwatchProgAwSynSkb            = "aw_syn_skb"
-	acceptwatchProgAwSynSkbNodrop      = "aw_syn_skb_nodrop"
 	acceptwatchProgAwSynack            = "aw_synack"
 	acceptwatchProgAwTpAccept          = "aw_tp_accept"
 	acceptwatchProgAwTpAcceptOld       = "aw_tp_accept_old"
@@ -192,7 +191,6 @@ type acceptwatchProgramSpecs struct {
 	AwKprobeSyn    *ebpf.ProgramSpec `ebpf:"aw_kprobe_syn"`
 	AwKretprobeAcc *ebpf.ProgramSpec `ebpf:"aw_kretprobe_acc"`
 	AwSynSkb       *ebpf.ProgramSpec `ebpf:"aw_syn_skb"`
-	AwSynSkbNodrop *ebpf.ProgramSpec `ebpf:"aw_syn_skb_nodrop"`
 	AwSynack       *ebpf.ProgramSpec `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.ProgramSpec `ebpf:"aw_tp_accept"`
 	AwTpAcceptOld  *ebpf.ProgramSpec `ebpf:"aw_tp_accept_old"`
@@ -303,7 +301,6 @@ type acceptwatchPrograms struct {
 	AwKprobeSyn    *ebpf.Program `ebpf:"aw_kprobe_syn"`
 	AwKretprobeAcc *ebpf.Program `ebpf:"aw_kretprobe_acc"`
 	AwSynSkb       *ebpf.Program `ebpf:"aw_syn_skb"`
-	AwSynSkbNodrop *ebpf.Program `ebpf:"aw_syn_skb_nodrop"`
 	AwSynack       *ebpf.Program `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.Program `ebpf:"aw_tp_accept"`
 	AwTpAcceptOld  *ebpf.Program `ebpf:"aw_tp_accept_old"`
@@ -322,7 +319,6 @@ func (p *acceptwatchPrograms) Close() error {
 		p.AwKprobeSyn,
 		p.AwKretprobeAcc,
 		p.AwSynSkb,
-		p.AwSynSkbNodrop,
 		p.AwSynack,
 		p.AwTpAccept,
 		p.AwTpAcceptOld,

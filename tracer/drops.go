@@ -16,7 +16,7 @@ const listenOverflowReason = "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW"
 // attachDropCounter loads aw_drop on tp_btf/kfree_skb with the drop reason's
 // number for this kernel, read by name from its BTF (it differs between
 // kernels). Kernels without the reason get no program.
-func (e *extras) attachDropCounter(spec *ebpf.CollectionSpec, opts ebpf.CollectionOptions, cache *btf.Cache) error {
+func (e *extras) attachDropCounter(spec *ebpf.CollectionSpec, opts ebpf.CollectionOptions, cache *btf.Cache, logf func(string, ...any)) error {
 	kernel, err := cache.Kernel()
 	if err != nil {
 		return fmt.Errorf("reading kernel BTF: %w", err)
@@ -49,6 +49,7 @@ func (e *extras) attachDropCounter(spec *ebpf.CollectionSpec, opts ebpf.Collecti
 	e.colls = append(e.colls, coll)
 	e.links = append(e.links, l)
 	e.drops = append(e.drops, DropsFinalAck)
+	logf("accept-queue drops per address: final ACKs at tp_btf/kfree_skb (%s = %d)", listenOverflowReason, reason)
 	return nil
 }
 

@@ -56,7 +56,7 @@ func openExtras(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cac
 	} else if err := e.attachSynCounter(spec, opts, logf); err != nil {
 		logf("SYN counter: cgroup_skb/ingress unavailable: %s", oneLine(err.Error()))
 	}
-	if err := e.attachDropCounter(spec, opts, cache); err != nil {
+	if err := e.attachDropCounter(spec, opts, cache, logf); err != nil {
 		logf("accept-queue drops per address: final ACKs not counted: %s", oneLine(err.Error()))
 	}
 	return e
@@ -73,39 +73,28 @@ func (e *extras) attachSynCounter(spec *ebpf.CollectionSpec, opts ebpf.Collectio
 		return err
 	}
 	defer root.Close()
-	// The program also tells SYNs that the listener will drop because its
-	// accept queue is full; kernels without bpf_skc_to_tcp_sock in cgroup
-	// programs (before 5.9) get the variant that only counts.
-	var coll *ebpf.Collection
-	var loadErr error
-	withDrops := true
-	for _, name := range []string{"aw_syn_skb", "aw_syn_skb_nodrop"} {
-		coll, loadErr = loadPrograms(spec, []string{name}, opts)
-		if loadErr == nil {
-			l, err := link.AttachRawLink(link.RawLinkOptions{
-				Target:  int(root.Fd()),
-				Program: coll.Programs[name],
-				Attach:  ebpf.AttachCGroupInetIngress,
-			})
-			if err != nil {
-				coll.Close()
-				if errors.Is(err, unix.EPERM) {
-					return fmt.Errorf("attaching to the cgroup v2 root %s: %w (a program attached there without multi-attach blocks others)", root.Name(), err)
-				}
-				return fmt.Errorf("attaching to the cgroup v2 root %s: %w", root.Name(), err)
-			}
-			e.colls = append(e.colls, coll)
-			e.links = append(e.links, l)
-			e.syn = SynCgroup
-			if withDrops {
-				e.drops = append(e.drops, DropsSyn)
-			}
-			logf("SYN counter: cgroup_skb/ingress on the cgroup v2 root %s%s", root.Name(), note)
-			return nil
-		}
-		withDrops = false
+	coll, err := loadPrograms(spec, []string{"aw_syn_skb"}, opts)
+	if err != nil {
+		return fmt.Errorf("loading: %w", err)
 	}
-	return fmt.Errorf("loading: %w", loadErr)
+	l, err := link.AttachRawLink(link.RawLinkOptions{
+		Target:  int(root.Fd()),
+		Program: coll.Programs["aw_syn_skb"],
+		Attach:  ebpf.AttachCGroupInetIngress,
+	})
+	if err != nil {
+		coll.Close()
+		if errors.Is(err, unix.EPERM) {
+			err = fmt.Errorf("%w (a program attached there without multi-attach keeps others off)", err)
+		}
+		return fmt.Errorf("attaching to the cgroup v2 root %s: %w", root.Name(), err)
+	}
+	e.colls = append(e.colls, coll)
+	e.links = append(e.links, l)
+	e.syn = SynCgroup
+	e.drops = append(e.drops, DropsSyn)
+	logf("SYN counter: cgroup_skb/ingress on the cgroup v2 root %s%s; also SYNs dropped for a full accept queue", root.Name(), note)
+	return nil
 }
 
 // cgroup2Root opens the root of the cgroup v2 hierarchy: a cgroup2 mount

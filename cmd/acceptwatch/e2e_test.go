@@ -926,6 +926,11 @@ func blockingListener(t *testing.T) (int, int) {
 // process without privileges exits 1 naming the capabilities and sudo.
 func TestErrors(t *testing.T) {
 	bin := acceptwatchBin(t)
+	dir := t.TempDir()
+	corrupt := filepath.Join(dir, "corrupt.json")
+	os.WriteFile(corrupt, []byte("{\"format\": \"acceptwatch-baseline\", \"version\": 1, \"duration_s\": 3,\n garbage"), 0o644)
+	newer := filepath.Join(dir, "newer.json")
+	os.WriteFile(newer, []byte(`{"format": "acceptwatch-baseline", "version": 9}`), 0o644)
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -938,6 +943,14 @@ func TestErrors(t *testing.T) {
 		{[]string{"--attach", "uprobe"}, `"uprobe"`},
 		{[]string{"--bogus"}, "bogus"},
 		{[]string{"-4", "-6"}, "-4 and -6"},
+		{[]string{"--group-by", "port"}, `"port"`},
+		{[]string{"--prefix", "33"}, `"33"`},
+		{[]string{"--prefix", "24,200"}, `"24,200"`},
+		{[]string{"--flood-share", "1.5"}, "1.5"},
+		{[]string{"--baseline", filepath.Join(dir, "missing.json")}, "missing.json: no such file"},
+		{[]string{"--baseline", corrupt}, "baseline " + corrupt + ": not a baseline file: line 2: invalid character 'g'"},
+		{[]string{"--baseline", newer}, "version 9"},
+		{[]string{"--save-baseline", filepath.Join(dir, "no", "b.json")}, "cannot save baseline to " + filepath.Join(dir, "no", "b.json")},
 	} {
 		cmd := exec.Command(bin, tc.args...)
 		var stderr bytes.Buffer

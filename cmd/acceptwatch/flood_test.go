@@ -262,13 +262,18 @@ func TestFloodPrefix(t *testing.T) {
 	if !hasFinding(s, "127.0.5.0/24: 120 SYNs (") || !hasFinding(s, "from 60 addresses: far more than the other networks (median 3)") {
 		t.Errorf("no finding names 127.0.5.0/24: %q", s.Findings)
 	}
+	named := 0
 	for _, f := range s.Findings {
 		if strings.Contains(f, "127.0.5.0/24") {
+			named++
 			continue
 		}
 		if strings.Contains(f, "127.0.") {
 			t.Errorf("finding names something else: %q", f)
 		}
+	}
+	if named != 1 {
+		t.Errorf("127.0.5.0/24 named %d times: %q", named, s.Findings)
 	}
 	if len(s.Addresses) != 63 || !slices.Equal(s.PrefixLen, []int{24, 64}) || len(s.Prefixes) != 4 {
 		t.Fatalf("%d addresses, prefix_len %v, %d prefixes; want 63, [24 64], 4", len(s.Addresses), s.PrefixLen, len(s.Prefixes))
