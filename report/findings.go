@@ -218,6 +218,7 @@ func floodFindings(s Summary, th Thresholds) []string {
 		out = append(out, capLines(lines, "addresses with half-open handshakes")...)
 		lines = nil
 		var biggest map[netip.Prefix]netip.Addr
+		halfNets := map[netip.Prefix]bool{}
 		for _, g := range halfOpen(nets, th.FloodMin) {
 			i := group[th.Prefix.Of(g.Addr)]
 			if groups[i].Addresses < 2 {
@@ -231,8 +232,17 @@ func floodFindings(s Summary, th Thresholds) []string {
 			}
 			lines = append(lines, fmt.Sprintf("%s: %d SYNs from %d addresses, %d completed handshakes: half-open handshakes (SYN flood from one network?)",
 				groups[i].Prefix, g.Syns, groups[i].Addresses, g.Handshakes))
+			halfNets[groups[i].Prefix] = true
 		}
 		out = append(out, capLines(lines, "networks with half-open handshakes")...)
+		// Addresses of a named network are not named one by one again.
+		if len(halfNets) > 0 {
+			for _, a := range addrs {
+				if halfNets[th.Prefix.Of(a.Addr)] {
+					halfNamed[Normalize(a.Addr)] = true
+				}
+			}
+		}
 		// SYN-ACK retransmits of addresses not named above.
 		out = append(out, synackFindings(addrs, th, halfNamed)...)
 	} else {
