@@ -2,6 +2,8 @@ package main
 
 import (
 	"errors"
+
+	"github.com/acceptwatch/acceptwatch/report"
 	"slices"
 	"strings"
 	"testing"
@@ -49,6 +51,16 @@ func TestParseFlagsSingleDashEveryLongFlag(t *testing.T) {
 		o.top != 3 || !o.quiet || o.output != "json" || o.attach != "tracepoint" ||
 		o.maxAddresses != 100 || !o.verbose || !o.ipv6 {
 		t.Errorf("single-dash long flags parsed as %+v", o)
+	}
+	o, _, err = parseFlags([]string{"-no-syn-counter", "-prefix", "16,48", "-group-by", "prefix", "-flood-min", "5",
+		"-flood-factor", "4", "-flood-share", "0.5", "-baseline-factor", "2", "-save-baseline", "b.json"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	th := o.thresholds()
+	if !o.noSynCounter || o.prefixLen != (report.PrefixLen{V4: 16, V6: 48}) || o.groupBy != "prefix" || th.FloodMin != 5 ||
+		th.FloodFactor != 4 || th.FloodShare != 0.5 || th.Prefix != o.prefixLen || o.baselineFactor != 2 || o.saveBaseline != "b.json" {
+		t.Errorf("flood flags parsed as %+v", o)
 	}
 	// Shorthands still work, alone and clustered.
 	o, _, err = parseFlags([]string{"-qv4", "-p", "9", "-o", "json"})
