@@ -313,7 +313,7 @@ func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache
 		} else {
 			t.links = append(t.links, l)
 			t.synCounter = SynConnRequest
-			logf("SYN counter: falling back to %s (attach mode %s)", syn, mode)
+			logf("SYN counter: falling back to tcp_conn_request (%s, attach mode %s)", syn, mode)
 		}
 	}
 	if t.synCounter == "" && !cfg.NoSynCounter {
