@@ -99,13 +99,7 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 			a.First = start
 		}
 		c.Addresses = append(c.Addresses, a)
-		c.TotalAccepted += d.Accepted
-		c.TotalHandshakes += d.Handshakes
-		c.TotalNotAccepted += d.NotAccepted
-		c.TotalClientGone += d.Gone
-		c.TotalSynackRetrans += d.SynackRetrans
-		c.TotalSyns += d.Syns
-		c.TotalDrops += uint64(d.Drops)
+		c.addAddr(&d)
 	})
 	if err != nil {
 		return c, err
@@ -121,9 +115,7 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 		t.prevCounters = ns
 	}
 	if nsErr == nil {
-		for i, name := range netstatNames {
-			c.KernelCounters = append(c.KernelCounters, report.KernelCounter{Name: name, Delta: ns[i] - base[i]})
-		}
+		c.KernelCounters = kernelCounters(ns, base)
 	}
 
 	if window {
@@ -133,6 +125,24 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 		}
 		t.prevStats = cur
 	}
+	c.addStats(stats)
+	return c, nsErr
+}
+
+// addAddr adds one address's counters to the totals.
+func (c *Counts) addAddr(d *acceptwatchAddrStats) {
+	c.TotalAccepted += d.Accepted
+	c.TotalHandshakes += d.Handshakes
+	c.TotalNotAccepted += d.NotAccepted
+	c.TotalClientGone += d.Gone
+	c.TotalSynackRetrans += d.SynackRetrans
+	c.TotalSyns += d.Syns
+	c.TotalDrops += uint64(d.Drops)
+}
+
+// addStats adds what the address map could not attribute to the totals and
+// takes the drop counters.
+func (c *Counts) addStats(stats [acceptwatchStatSTAT_MAX]uint64) {
 	c.TotalAccepted += stats[acceptwatchStatSTAT_OVERFLOW_ACCEPTS]
 	c.TotalHandshakes += stats[acceptwatchStatSTAT_OVERFLOW_HANDSHAKES]
 	c.LostEvents = stats[acceptwatchStatSTAT_LOST_EVENTS]
@@ -140,7 +150,15 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 		stats[acceptwatchStatSTAT_OVERFLOW_OTHER]
 	c.WaitsUnknown = stats[acceptwatchStatSTAT_PENDING_FULL]
 	c.PortsOverflow = stats[acceptwatchStatSTAT_PORTS_FULL]
-	return c, nsErr
+}
+
+// kernelCounters are the TcpExt changes from base to ns.
+func kernelCounters(ns, base netstat) []report.KernelCounter {
+	out := make([]report.KernelCounter, 0, len(netstatNames))
+	for i, name := range netstatNames {
+		out = append(out, report.KernelCounter{Name: name, Delta: ns[i] - base[i]})
+	}
+	return out
 }
 
 func (t *Tracer) collectPorts(c *Counts, window bool) error {
@@ -279,10 +297,14 @@ func (t *Tracer) readStats() ([acceptwatchStatSTAT_MAX]uint64, error) {
 
 // eachAddr visits every entry of the address map, in batches where the
 // kernel supports it (1M entries one by one take seconds).
+// The batch buffers are kept for the next call (a live view reads every second).
 func (t *Tracer) eachAddr(fn func([16]byte, *acceptwatchAddrStats)) error {
 	const batch = 4096
-	keys := make([]acceptwatchAddrKey, batch)
-	vals := make([]acceptwatchAddrStats, batch)
+	if t.batchKeys == nil {
+		t.batchKeys = make([]acceptwatchAddrKey, batch)
+		t.batchVals = make([]acceptwatchAddrStats, batch)
+	}
+	keys, vals := t.batchKeys, t.batchVals
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := t.addrs.BatchLookup(&cursor, keys, vals, nil)

@@ -67,6 +67,8 @@ type Tracer struct {
 	windowID   uint32
 	bootWall   time.Time // wall-clock time of CLOCK_MONOTONIC zero
 	rec        ringbuf.Record
+	batchKeys  []acceptwatchAddrKey // eachAddr's buffers, kept between reads
+	batchVals  []acceptwatchAddrStats
 
 	start, windowStart time.Time
 	prev               map[[16]byte]acceptwatchAddrStats
@@ -360,6 +362,9 @@ func (t *Tracer) DropCounters() []string {
 	}
 	return t.extras.drops
 }
+
+// Started is when the counters began: the zero of every total.
+func (t *Tracer) Started() time.Time { return t.start }
 
 // Close detaches and unloads every program and map. It is safe to call twice.
 func (t *Tracer) Close() error {
