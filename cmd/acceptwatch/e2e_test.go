@@ -951,6 +951,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"--baseline", corrupt}, "baseline " + corrupt + ": not a baseline file: line 2: invalid character 'g'"},
 		{[]string{"--baseline", newer}, "version 9"},
 		{[]string{"--save-baseline", filepath.Join(dir, "no", "b.json")}, "cannot save baseline to " + filepath.Join(dir, "no", "b.json")},
+		{[]string{"-port", "80", "-o", "top"}, "-o top needs a terminal"}, // stdout is /dev/null
 	} {
 		cmd := exec.Command(bin, tc.args...)
 		var stderr bytes.Buffer

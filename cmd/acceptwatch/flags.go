@@ -25,6 +25,7 @@ type options struct {
 	top               int
 	quiet             bool
 	output            string
+	refresh           time.Duration // -o top: time between redraws
 	attach            string
 	maxAddresses      uint32
 	verbose           bool
@@ -72,6 +73,7 @@ const examples = `Examples:
   sudo acceptwatch -P 8000-8100 --duration 1m --top 10
   sudo acceptwatch -port 22 --interval 10s  # a summary every 10 s
   sudo acceptwatch -port 80 -o json | jq .  # one JSON object per line
+  sudo acceptwatch -port 443 -o top         # live table of the busiest addresses; q quits
   sudo acceptwatch -v --attach tracepoint   # force a mode; -v says why others failed
   acceptwatch --snapshot -port 80,443       # who is connected now (no BPF, no root)
   sudo acceptwatch -port 443 -q --group-by prefix --prefix 16,48  # rows per network
@@ -91,7 +93,8 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.Uint64VarP(&o.count, "count", "c", 0, "stop after this many accepts")
 	fs.IntVar(&o.top, "top", 20, "rows in the text summary (0: all)")
 	fs.BoolVarP(&o.quiet, "quiet", "q", false, "no live lines, summary only")
-	fs.StringVarP(&o.output, "output", "o", "text", "output `format`: text or json")
+	fs.StringVarP(&o.output, "output", "o", "text", "output `format`: text, json, or top (a live table on the terminal)")
+	fs.DurationVar(&o.refresh, "refresh", time.Second, "with -o top: time between redraws")
 	fs.StringVar(&o.attach, "attach", tracer.ModeAuto, "accept hook: auto, fexit, kretprobe or tracepoint")
 	fs.Uint32Var(&o.maxAddresses, "max-addresses", tracer.DefaultMaxAddresses, "capacity of the kernel's per-address counters")
 	fs.DurationVar(&o.waitThreshold, "wait-threshold", 100*time.Millisecond, "report a finding when a port's queue wait p99 is above this")
@@ -138,6 +141,9 @@ func parseFlags(args []string) (*options, *pflag.FlagSet, error) {
 	if fs.Changed("port") && len(o.ports) == 0 {
 		return nil, fs, usagef(`invalid port "": empty`)
 	}
+	if fs.Changed("refresh") && o.output != "top" {
+		return nil, fs, usagef("--refresh goes with -o top")
+	}
 	if err := o.validate(); err != nil {
 		return nil, fs, err
 	}
@@ -170,8 +176,15 @@ func singleDashLong(fs *pflag.FlagSet, args []string) []string {
 func (o *options) validate() error {
 	switch o.output {
 	case "text", "json":
+	case "top":
+		switch {
+		case o.quiet, o.count > 0, o.interval > 0:
+			return usagef("-o top draws a live table: -q, --count and --interval do not apply")
+		case o.refresh < 100*time.Millisecond:
+			return usagef("invalid --refresh %s: must be at least 100ms", o.refresh)
+		}
 	default:
-		return usagef("invalid output format %q: use text or json", o.output)
+		return usagef("invalid output format %q: use text, json or top", o.output)
 	}
 	switch o.attach {
 	case tracer.ModeAuto, tracer.ModeFexit, tracer.ModeKretprobe, tracer.ModeTracepoint:

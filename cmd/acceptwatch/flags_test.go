@@ -62,6 +62,13 @@ func TestParseFlagsSingleDashEveryLongFlag(t *testing.T) {
 		th.FloodFactor != 4 || th.FloodShare != 0.5 || th.Prefix != o.prefixLen || o.baselineFactor != 2 || o.saveBaseline != "b.json" {
 		t.Errorf("flood flags parsed as %+v", o)
 	}
+	o, _, err = parseFlags([]string{"-output", "top", "-refresh", "250ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.output != "top" || o.refresh != 250*time.Millisecond {
+		t.Errorf("-o top -refresh 250ms parsed as %+v", o)
+	}
 	// Shorthands still work, alone and clustered.
 	o, _, err = parseFlags([]string{"-qv4", "-p", "9", "-o", "json"})
 	if err != nil {
@@ -91,6 +98,11 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"--duration", "-1s"}, "negative"},
 		{[]string{"--nope"}, "nope"},
 		{[]string{"80"}, `unexpected argument "80"`},
+		{[]string{"-o", "top", "-q"}, "-o top"},
+		{[]string{"-o", "top", "--count", "3"}, "-o top"},
+		{[]string{"-o", "top", "--interval", "1s"}, "-o top"},
+		{[]string{"-o", "top", "--refresh", "10ms"}, "--refresh"},
+		{[]string{"--refresh", "2s"}, "--refresh goes with -o top"},
 	} {
 		_, _, err := parseFlags(tc.args)
 		var u usageError
@@ -118,7 +130,7 @@ func TestHelpHasExamples(t *testing.T) {
 	if err := run(t.Context(), []string{"-h"}, &out, &out); err != nil {
 		t.Fatal(err)
 	}
-	for _, frag := range []string{"-port 80", "--attach", "Examples:", "--max-addresses"} {
+	for _, frag := range []string{"-port 80", "--attach", "Examples:", "--max-addresses", "-o top", "--refresh"} {
 		if !strings.Contains(out.String(), frag) {
 			t.Errorf("help lacks %q", frag)
 		}

@@ -46,6 +46,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return usageError{err.Error()}
 		}
 	}
+	if o.output == "top" && !isTerminal(stdout) {
+		return usagef("-o top needs a terminal, and stdout is not one (use -o text or -o json)")
+	}
 	if err := checkPrivileges(); err != nil {
 		return err
 	}
@@ -55,8 +58,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Ports:        o.portList,
 		PID:          o.pid,
 		MaxAddresses: o.maxAddresses,
-		// --count needs the events to count them, even with -q.
-		LiveEvents:   !o.quiet || o.count > 0,
+		// --count needs the events to count them, even with -q; the live
+		// table reads only the counters.
+		LiveEvents:   o.output != "top" && (!o.quiet || o.count > 0),
 		NoSynCounter: o.noSynCounter,
 	}
 	if o.ipv4 {
@@ -75,11 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer t.Close()
 
-	ports := "all ports"
-	if len(o.portNames) > 0 {
-		ports = "port " + strings.Join(o.portNames, ",")
-	}
-	fmt.Fprintf(stderr, "acceptwatch: tracing accepts on %s with %s (handshakes: sock:inet_sock_set_state); Ctrl-C to end\n", ports, t.Mode())
+	fmt.Fprintf(stderr, "acceptwatch: tracing accepts on %s with %s (handshakes: sock:inet_sock_set_state); Ctrl-C to end\n", o.portsLabel(), t.Mode())
 	if o.readyFile != "" {
 		// Write then rename, so a waiter never sees an empty file.
 		tmp := o.readyFile + ".tmp"
@@ -91,20 +91,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
-	out := bufio.NewWriterSize(stdout, 64<<10)
-	var w report.Writer
-	if o.output == "json" {
-		w = report.NewJSON(out)
-	} else {
-		w = report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet})
-	}
-	l := &loop{o: o, t: t, w: w, out: out, now: openConnectionsNow(), base: base, stderr: stderr}
+	l := &loop{o: o, t: t, now: openConnectionsNow(), base: base, stderr: stderr}
 	defer l.now.Close()
-	err = l.run(ctx)
+	if o.output == "top" {
+		err = runTop(ctx, l, stdout.(*os.File))
+	} else {
+		err = l.lines(ctx, stdout)
+	}
 	if isClosedPipe(err) {
 		return nil
 	}
 	return err
+}
+
+// lines prints live lines and summaries as text or JSON.
+func (l *loop) lines(ctx context.Context, stdout io.Writer) error {
+	l.out = bufio.NewWriterSize(stdout, 64<<10)
+	if l.o.output == "json" {
+		l.w = report.NewJSON(l.out)
+	} else {
+		l.w = report.NewText(l.out, report.TextOptions{Top: l.o.top, Quiet: l.o.quiet})
+	}
+	return l.run(ctx)
+}
+
+// portsLabel names the watched ports: "port 80,443" or "all ports".
+func (o *options) portsLabel() string {
+	if len(o.portNames) == 0 {
+		return "all ports"
+	}
+	return "port " + strings.Join(o.portNames, ",")
 }
 
 type loop struct {
@@ -209,16 +225,7 @@ func (l *loop) summary(final bool) error {
 		Listeners:          c.Listeners,
 		KernelCounters:     c.KernelCounters,
 	}
-	s.Findings = report.Findings(s, l.o.thresholds())
-	if l.base != nil {
-		s.Findings = append(s.Findings, baseline.Compare(l.base, s, baseline.Thresholds{Factor: l.o.baselineFactor, Min: l.o.floodMin})...)
-	}
-	if c.WaitsUnknown > 0 {
-		s.Findings = append(s.Findings, fmt.Sprintf("%d queue waits unknown: too many connections waiting at once", c.WaitsUnknown))
-	}
-	if c.PortsOverflow > 0 {
-		s.Findings = append(s.Findings, fmt.Sprintf("%d events not counted per port: too many listening ports", c.PortsOverflow))
-	}
+	s.Findings = l.findings(s, c.WaitsUnknown, c.PortsOverflow)
 	l.now.add(&s, l.o)
 	err = l.w.Summary(s)
 	if err == nil {
@@ -232,6 +239,22 @@ func (l *loop) summary(final bool) error {
 		fmt.Fprintf(l.stderr, "acceptwatch: baseline saved to %s\n", l.o.saveBaseline)
 	}
 	return err
+}
+
+// findings are report.Findings, the baseline's comparison and the tracer's
+// own limits.
+func (l *loop) findings(s report.Summary, waitsUnknown, portsOverflow uint64) []string {
+	f := report.Findings(s, l.o.thresholds())
+	if l.base != nil {
+		f = append(f, baseline.Compare(l.base, s, baseline.Thresholds{Factor: l.o.baselineFactor, Min: l.o.floodMin})...)
+	}
+	if waitsUnknown > 0 {
+		f = append(f, fmt.Sprintf("%d queue waits unknown: too many connections waiting at once", waitsUnknown))
+	}
+	if portsOverflow > 0 {
+		f = append(f, fmt.Sprintf("%d events not counted per port: too many listening ports", portsOverflow))
+	}
+	return f
 }
 
 // checkPrivileges fails early, with the capabilities named, when the

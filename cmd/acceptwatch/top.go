@@ -1,0 +1,179 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"sync"
+
+	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/lipgloss"
+	"github.com/charmbracelet/x/term"
+
+	"github.com/acceptwatch/acceptwatch/report"
+	"github.com/acceptwatch/acceptwatch/report/top"
+	"github.com/acceptwatch/acceptwatch/tracer"
+)
+
+// runTop draws the live table (-o top) until q, Ctrl-C, SIGINT, SIGTERM or
+// --duration, then prints the normal final summary on the normal screen.
+// bubbletea restores the terminal on every way out, a panic included.
+func runTop(ctx context.Context, l *loop, stdout *os.File) error {
+	o, t := l.o, l.t
+	src := &topSource{t: t, o: o, l: l, live: t.Live()}
+	m := top.New(src, top.Options{
+		Mode:    t.Mode(),
+		Ports:   o.portsLabel(),
+		Refresh: o.refresh,
+		Start:   t.Started(),
+		Styles:  top.StylesFor(lipgloss.NewRenderer(stdout)),
+	})
+	// Signals come through ctx (main's handler), so that SIGTERM ends like q.
+	p := tea.NewProgram(m, tea.WithOutput(stdout), tea.WithAltScreen(), tea.WithoutSignalHandler())
+	if o.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.duration)
+		defer cancel()
+	}
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			p.Quit()
+		case <-done:
+		}
+	}()
+	_, err := p.Run()
+	close(done)
+	src.stop()
+	if err != nil {
+		return fmt.Errorf("terminal: %w", err)
+	}
+	if err := m.Err(); err != nil {
+		return err
+	}
+	l.out = bufio.NewWriterSize(stdout, 64<<10)
+	l.w = report.NewText(l.out, report.TextOptions{Top: o.top, Quiet: true})
+	return l.summary(true)
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(f.Fd())
+}
+
+// topSource feeds the live table from the tracer: one pass over the address
+// map per refresh, keeping only the rows the screen has room for.
+type topSource struct {
+	t    *tracer.Tracer
+	o    *options
+	l    *loop // the run's findings (thresholds, baseline)
+	live *tracer.Live
+
+	mu       sync.Mutex // one reader of the maps at a time; the summary waits for it
+	stopped  bool
+	best     top.Best
+	halfOpen top.Best // the worst half-open addresses, for the findings
+}
+
+var errStopped = errors.New("live table stopped")
+
+// stop waits for a refresh under way and refuses later ones.
+func (s *topSource) stop() {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+}
+
+func (s *topSource) Caps() top.Caps {
+	return top.Caps{Syns: s.t.SynCounter() != "", SynsWhy: "SYN counter off (--no-syn-counter) or unavailable (-v says why)"}
+}
+
+// maxHalfOpenRows is how many half-open addresses the findings name.
+const maxHalfOpenRows = 5
+
+func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return nil, errStopped
+	}
+	s.best.Reset(q.Sort, q.Rows)
+	s.halfOpen.Reset(top.ColSynackRetrans, maxHalfOpenRows)
+	halfOpen, th := 0, s.o.halfOpenThreshold
+	tot, err := s.live.Read(advance, func(a *tracer.AddrSample) {
+		r := top.Row{
+			Addr: a.Addr(), New: a.NewAccepted, Accepted: a.Accepted, Syns: a.Syns, Handshakes: a.Handshakes,
+			NotAccepted: a.NotAccepted, SynackRetrans: a.SynackRetrans, Last: a.Last(),
+		}
+		flagged := th > 0 && a.SynackRetrans >= th
+		if q.Sort == top.ColWaitP99 || s.best.Admits(&r) || flagged {
+			w := a.Wait()
+			r.WaitP99, r.HasWait = w.P99, w.Count > 0
+			s.best.Offer(&r)
+		}
+		if flagged {
+			halfOpen++
+			s.halfOpen.Offer(&r)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	f := &top.Frame{
+		Time:     tot.End,
+		Interval: tot.Interval,
+		Rows:     s.best.Sorted(),
+		Totals: top.Totals{
+			Accepted: tot.TotalAccepted, Handshakes: tot.TotalHandshakes, Syns: tot.TotalSyns,
+			SynackRetrans: tot.TotalSynackRetrans, LostEvents: tot.LostEvents,
+			Addresses: tot.AddressCount, AddressOverflow: tot.AddressOverflow, MaxAddresses: s.o.maxAddresses,
+		},
+	}
+	for _, c := range tot.KernelCounters {
+		switch c.Name {
+		case "ListenOverflows":
+			f.Totals.ListenOverflows = c.Delta
+		case "SyncookiesSent":
+			f.Totals.Syncookies = c.Delta
+		}
+	}
+	f.Ports = s.ports(tot.Listeners)
+	sum := report.Summary{
+		Listeners:      tot.Listeners,
+		KernelCounters: tot.KernelCounters,
+		LostEvents:     tot.LostEvents,
+	}
+	for _, r := range s.halfOpen.Sorted() {
+		sum.Addresses = append(sum.Addresses, report.AddrStats{Addr: r.Addr, SynackRetrans: r.SynackRetrans})
+	}
+	f.Findings = s.l.findings(sum, tot.WaitsUnknown, tot.PortsOverflow)
+	return f, nil
+}
+
+// maxNamedPorts: ports named on the command line get a row from the start
+// (zeros until their first connection), when they are this few.
+const maxNamedPorts = 16
+
+func (s *topSource) ports(ls []report.PortStats) []top.Port {
+	out := make([]top.Port, 0, len(ls))
+	for _, p := range ls {
+		out = append(out, top.Port{
+			Port: p.Port, Accepted: p.Accepted, NotAccepted: p.NotAccepted, SynackRetrans: p.SynackRetrans,
+			BacklogMax: p.BacklogMax, BacklogLimit: p.BacklogLimit, WaitP99: p.Wait.P99, HasWait: p.Wait.Count > 0,
+		})
+	}
+	if len(s.o.portList) <= maxNamedPorts {
+		for _, port := range s.o.portList {
+			if !slices.ContainsFunc(out, func(p top.Port) bool { return p.Port == port }) {
+				out = append(out, top.Port{Port: port})
+			}
+		}
+		slices.SortFunc(out, func(a, b top.Port) int { return int(a.Port) - int(b.Port) })
+	}
+	return out
+}

@@ -1,0 +1,468 @@
+package main
+
+// Tests of the live table (-o top).
+//
+// TestTopFrames runs everywhere, the kernel matrix included: the real tracer
+// feeds the real model, rendered to text. TestTopTmux* drive the binary in a
+// real terminal (tmux): they are host tests, because the VM guest is a static
+// initramfs without tmux (the matrix skips them by name, see
+// vmtest/cmd/matrix); the data path they show is the one TestTopFrames checks
+// in every kernel and attach mode.
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/acceptwatch/acceptwatch/report/top"
+	"github.com/acceptwatch/acceptwatch/tracer"
+)
+
+// table is one table of a screen: its header's fields and its rows, by first cell.
+type table struct {
+	header []string
+	order  []string            // first cells, top to bottom
+	rows   map[string][]string // fields by first cell
+}
+
+// cell is row's value in column name ("" when either is missing).
+func (tb table) cell(row, name string) string {
+	i := slices.Index(tb.header, name)
+	r := tb.rows[row]
+	if i < 0 || i >= len(r) {
+		return ""
+	}
+	return r[i]
+}
+
+// parseTable finds the table whose header starts with first and reads its
+// rows up to the first line that is not one. Every row must have as many
+// fields as the header: the table is well-formed.
+func parseTable(t *testing.T, screen, first string, rowRe *regexp.Regexp) table {
+	t.Helper()
+	tb := table{rows: map[string][]string{}}
+	lines := strings.Split(screen, "\n")
+	for i, l := range lines {
+		f := strings.Fields(l)
+		if len(f) == 0 || f[0] != first {
+			continue
+		}
+		if first == "ACCEPTS" {
+			f = append([]string{""}, f...) // the header's grid: row names have no header
+		}
+		tb.header = f
+		for _, r := range lines[i+1:] {
+			rf := strings.Fields(r)
+			if len(rf) == 0 || !rowRe.MatchString(rf[0]) {
+				break
+			}
+			if len(rf) != len(f) {
+				t.Errorf("row %q has %d fields, its header %q has %d", r, len(rf), l, len(f))
+			}
+			tb.order = append(tb.order, rf[0])
+			tb.rows[rf[0]] = rf
+		}
+		break
+	}
+	return tb
+}
+
+var (
+	addrRe = regexp.MustCompile(`^[0-9a-f.:]+$`)
+	portRe = regexp.MustCompile(`^[0-9]+$`)
+)
+
+// dialFrom connects from src to 127.0.0.1:port and closes.
+func dialFrom(src string, port int) error {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 10 * time.Second}
+	c, err := d.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// TestTopFrames: the tracer's counters through the live table's source and
+// model, drawn at 120x40: the busiest address first with its exact counts,
+// the port row, the header's totals; then a newly busy address moves to the
+// top, and s sorts by ACCEPTED.
+func TestTopFrames(t *testing.T) {
+	requireRoot(t)
+	srv := listen(t)
+	o := &options{waitThreshold: 100 * time.Millisecond, halfOpenThreshold: 10, maxAddresses: tracer.DefaultMaxAddresses,
+		top: 20, refresh: time.Second, portList: []uint16{uint16(srv.port)}, portNames: []string{strconv.Itoa(srv.port)}}
+	tr, err := tracer.Open(tracer.Config{Attach: attachMode(), Ports: o.portList})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	src := &topSource{t: tr, o: o, l: &loop{o: o, t: tr}, live: tr.Live()}
+	m := top.New(src, top.Options{Mode: tr.Mode(), Ports: o.portsLabel(), Refresh: o.refresh, Start: tr.Started(), Styles: top.PlainStyles()})
+	m.Update(tea.WindowSizeMsg{Width: 120, Height: 40})
+
+	want := map[string]int{"127.0.0.2": 12, "127.0.0.3": 5, "127.0.0.4": 2}
+	for _, a := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
+		dial(t, a, "127.0.0.1", srv.port, want[a])
+	}
+	srv.waitAccepted(t, 19)
+	_, tick := m.Update(m.Init()())
+	screen := m.View()
+	t.Logf("first refresh:\n%s", screen)
+
+	if !strings.HasPrefix(screen, "acceptwatch ") || !strings.Contains(screen, tr.Mode()) || !strings.Contains(screen, "port "+strconv.Itoa(srv.port)) {
+		t.Errorf("title lacks the mode or the port")
+	}
+	hdr := parseTable(t, screen, "ACCEPTS", regexp.MustCompile(`^(total|/s)$`))
+	if hdr.cell("total", "ACCEPTS") != "19" || hdr.cell("total", "HANDSHAKES") != "19" {
+		t.Errorf("header totals: %v", hdr.rows["total"])
+	}
+	ports := parseTable(t, screen, "PORT", portRe)
+	if got := ports.cell(strconv.Itoa(srv.port), "ACCEPTED"); got != "19" {
+		t.Errorf("port row: ACCEPTED %q, want 19 (%v)", got, ports.rows)
+	}
+	addrs := parseTable(t, screen, "REMOTE", addrRe)
+	if !slices.Equal(addrs.order, []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}) {
+		t.Errorf("rows %v, want the busiest first", addrs.order)
+	}
+	for a, n := range want {
+		if got := addrs.cell(a, "ACCEPTED"); got != strconv.Itoa(n) {
+			t.Errorf("%s: ACCEPTED %s, want %d", a, got, n)
+		}
+		if got := addrs.cell(a, "HANDSHAKES"); got != strconv.Itoa(n) {
+			t.Errorf("%s: HANDSHAKES %s, want %d", a, got, n)
+		}
+		syns := addrs.cell(a, "SYNS")
+		if tr.SynCounter() != "" {
+			if v, err := strconv.Atoi(syns); err != nil || v < n {
+				t.Errorf("%s: SYNS %q with SYNs counted, want at least %d", a, syns, n)
+			}
+		} else if syns != "-" {
+			t.Errorf("%s: SYNS %q where %s mode counts none, want -", a, syns, tr.Mode())
+		}
+	}
+
+	// 127.0.0.4 is now the one connecting: first by rate at the next refresh.
+	dial(t, "127.0.0.4", "127.0.0.1", srv.port, 8)
+	srv.waitAccepted(t, 27)
+	_, refresh := m.Update(tick())
+	m.Update(refresh())
+	screen = m.View()
+	t.Logf("second refresh:\n%s", screen)
+	addrs = parseTable(t, screen, "REMOTE", addrRe)
+	if len(addrs.order) != 3 || addrs.order[0] != "127.0.0.4" || addrs.cell("127.0.0.4", "ACCEPTED") != "10" {
+		t.Errorf("after 8 more from 127.0.0.4: rows %v, want 127.0.0.4 first with 10", addrs.order)
+	}
+	if r := addrs.cell("127.0.0.4", "RATE/s"); r == "0" || addrs.cell("127.0.0.2", "RATE/s") != "0" {
+		t.Errorf("RATE/s: 127.0.0.4 %s, 127.0.0.2 %s", r, addrs.cell("127.0.0.2", "RATE/s"))
+	}
+
+	_, redraw := m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("s")})
+	m.Update(redraw())
+	screen = m.View()
+	addrs = parseTable(t, screen, "REMOTE", addrRe)
+	if !slices.Equal(addrs.order, []string{"127.0.0.2", "127.0.0.4", "127.0.0.3"}) || !strings.Contains(screen, "sort: ACCEPTED") {
+		t.Errorf("after s: rows %v, want by ACCEPTED\n%s", addrs.order, screen)
+	}
+}
+
+// tmux is a tmux server of the test's own (its own socket).
+type tmux struct {
+	t    *testing.T
+	sock string
+}
+
+// startTmux runs command in a detached w x h session.
+func startTmux(t *testing.T, w, h int, env []string, command string) *tmux {
+	t.Helper()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		if os.Getenv("ACCEPTWATCH_NO_SKIP") == "1" {
+			t.Fatal("tmux is not installed (make deps installs it)")
+		}
+		t.Skip("tmux is not installed: apt-get install tmux (make test installs it)")
+	}
+	tm := &tmux{t: t, sock: filepath.Join(t.TempDir(), "tmux.sock")}
+	args := []string{"new-session", "-d", "-s", "aw", "-x", strconv.Itoa(w), "-y", strconv.Itoa(h)}
+	for _, e := range env {
+		args = append(args, "-e", e)
+	}
+	tm.run(append(args, command)...)
+	t.Cleanup(func() { exec.Command("tmux", "-S", tm.sock, "kill-server").Run() })
+	return tm
+}
+
+func (tm *tmux) run(args ...string) string {
+	tm.t.Helper()
+	out, err := exec.Command("tmux", append([]string{"-S", tm.sock}, args...)...).CombinedOutput()
+	if err != nil {
+		tm.t.Fatalf("tmux %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// capture is the screen as text; with escapes, its colours and attributes too.
+func (tm *tmux) capture(escapes bool) string {
+	tm.t.Helper()
+	args := []string{"capture-pane", "-p", "-t", "aw"}
+	if escapes {
+		args = append(args, "-e")
+	}
+	return strings.TrimRight(tm.run(args...), "\n")
+}
+
+// waitScreen captures until ok holds, for up to 20 s.
+func (tm *tmux) waitScreen(what string, ok func(string) bool) string {
+	tm.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s := tm.capture(false)
+		if ok(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			tm.t.Fatalf("screen never showed %s; last screen:\n%s", what, s)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (tm *tmux) format(f string) string {
+	tm.t.Helper()
+	return strings.TrimSpace(tm.run("display-message", "-p", "-t", "aw", f))
+}
+
+// startTop runs acceptwatch -o top under tmux, then "EXIT=<status>", and
+// waits until it traces.
+func startTop(t *testing.T, w, h int, env []string, args ...string) *tmux {
+	t.Helper()
+	requireRoot(t)
+	ready := filepath.Join(t.TempDir(), "ready")
+	args = append([]string{acceptwatchBin(t), "--attach", attachMode(), "--ready-file", ready, "-o", "top"}, args...)
+	tm := startTmux(t, w, h, env, strings.Join(args, " ")+"; echo EXIT=$?; sleep 600")
+	waitFile(t, ready)
+	return tm
+}
+
+// rates dials from each address at its rate until stop is closed, counting
+// the connections made.
+func rates(t *testing.T, port int, perSec map[string]int, stop chan struct{}) (map[string]*atomic.Int64, *sync.WaitGroup) {
+	counts := map[string]*atomic.Int64{}
+	var wg sync.WaitGroup
+	for a, r := range perSec {
+		counts[a] = &atomic.Int64{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(time.Second / time.Duration(r))
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+					if err := dialFrom(a, port); err != nil {
+						t.Errorf("dial from %s: %v", a, err)
+						return
+					}
+					counts[a].Add(1)
+				}
+			}
+		}()
+	}
+	return counts, &wg
+}
+
+// TestTopTmux: acceptwatch -o top in a real 120x40 terminal with traffic
+// from three addresses: the header, the port row, the busiest address now
+// first; s sorts by ACCEPTED (the busiest overall first, exact counts); a
+// resize to 80x24 keeps every row well-formed; q prints the normal summary
+// on a restored terminal.
+func TestTopTmux(t *testing.T) {
+	srv := listen(t)
+	port := strconv.Itoa(srv.port)
+	tm := startTop(t, 120, 40, nil, "-port", port)
+
+	// 127.0.0.2 connected a lot, then stopped; .3 and .4 connect now, .3
+	// five times as often (and stop before they come near .2's count).
+	const busy = 400
+	dial(t, "127.0.0.2", "127.0.0.1", srv.port, busy)
+	stop := make(chan struct{})
+	counts, wg := rates(t, srv.port, map[string]int{"127.0.0.3": 20, "127.0.0.4": 4}, stop)
+	stopped := false
+	stopTraffic := func() {
+		if !stopped {
+			close(stop)
+			wg.Wait()
+			stopped = true
+		}
+	}
+	defer stopTraffic()
+
+	screen := tm.waitScreen("127.0.0.3 first by RATE/s", func(s string) bool {
+		a := parseTable(t, s, "REMOTE", addrRe)
+		return len(a.order) == 3 && a.order[0] == "127.0.0.3" && a.cell("127.0.0.2", "RATE/s") == "0"
+	})
+	t.Logf("by rate:\n%s", screen)
+	lines := strings.Split(screen, "\n")
+	if !strings.HasPrefix(lines[0], "acceptwatch ") || !strings.Contains(lines[0], "port "+port) || !strings.Contains(lines[0], "3 addresses") {
+		t.Errorf("title: %q", lines[0])
+	}
+	hdr := parseTable(t, screen, "ACCEPTS", regexp.MustCompile(`^(total|/s)$`))
+	stopTraffic()
+	if n, err := strconv.Atoi(hdr.cell("total", "ACCEPTS")); err != nil || n < busy || hdr.cell("/s", "ACCEPTS") == "0" {
+		t.Errorf("header: total %v, /s %v", hdr.rows["total"], hdr.rows["/s"])
+	}
+	if !strings.Contains(screen, "accepts/s ") {
+		t.Errorf("no sparkline")
+	}
+	ports := parseTable(t, screen, "PORT", portRe)
+	if len(ports.order) != 1 || ports.order[0] != port || ports.cell(port, "RATE/s") == "0" {
+		t.Errorf("port rows %v", ports.rows)
+	}
+	if !strings.HasPrefix(lines[len(lines)-1], "q quit  s sort: RATE/s") {
+		t.Errorf("key line: %q", lines[len(lines)-1])
+	}
+	colour := tm.capture(true)
+	if !strings.Contains(colour, "\x1b[") {
+		t.Errorf("no highlight at all on a colour terminal")
+	}
+
+	tm.run("send-keys", "-t", "aw", "s")
+	screen = tm.waitScreen("the ACCEPTED order", func(s string) bool {
+		a := parseTable(t, s, "REMOTE", addrRe)
+		return strings.Contains(s, "sort: ACCEPTED") && len(a.order) == 3 && a.order[0] == "127.0.0.2"
+	})
+	if a := parseTable(t, screen, "REMOTE", addrRe); a.cell("127.0.0.2", "ACCEPTED") != strconv.Itoa(busy) {
+		t.Errorf("127.0.0.2 made %d connections, screen says %q:\n%s", busy, a.cell("127.0.0.2", "ACCEPTED"), screen)
+	}
+
+	total := busy + int(counts["127.0.0.3"].Load()+counts["127.0.0.4"].Load())
+	srv.waitAccepted(t, total)
+	want := map[string]string{"127.0.0.2": strconv.Itoa(busy), "127.0.0.3": strconv.FormatInt(counts["127.0.0.3"].Load(), 10),
+		"127.0.0.4": strconv.FormatInt(counts["127.0.0.4"].Load(), 10)}
+	screen = tm.waitScreen("exact counts once the traffic stopped", func(s string) bool {
+		a := parseTable(t, s, "REMOTE", addrRe)
+		for k, v := range want {
+			if a.cell(k, "ACCEPTED") != v {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("by ACCEPTED, traffic over:\n%s", screen)
+
+	tm.run("resize-window", "-t", "aw", "-x", "80", "-y", "24")
+	screen = tm.waitScreen("an 80x24 screen", func(s string) bool {
+		l := strings.Split(s, "\n")
+		return len(l) == 24 && strings.HasPrefix(l[0], "acceptwatch ") && strings.HasPrefix(l[23], "q quit")
+	})
+	t.Logf("80x24:\n%s", screen)
+	lines = strings.Split(screen, "\n")
+	if !strings.HasPrefix(lines[0], "acceptwatch ") {
+		t.Errorf("80x24: title %q", lines[0])
+	}
+	for i, l := range lines {
+		if n := len([]rune(l)); n > 80 {
+			t.Errorf("80x24: line %d is %d wide", i, n)
+		}
+	}
+	a := parseTable(t, screen, "REMOTE", addrRe)
+	if len(a.order) != 3 || a.order[0] != "127.0.0.2" || a.cell("127.0.0.2", "ACCEPTED") != strconv.Itoa(busy) ||
+		!slices.Contains(a.header, "RATE/s") {
+		t.Errorf("80x24: address table %v %v", a.header, a.rows)
+	}
+	if p := parseTable(t, screen, "PORT", portRe); len(p.order) != 1 {
+		t.Errorf("80x24: port rows %v", p.rows)
+	}
+
+	tm.run("send-keys", "-t", "aw", "q")
+	screen = tm.waitScreen("the summary after q", func(s string) bool { return strings.Contains(s, "EXIT=") })
+	t.Logf("after q:\n%s", screen)
+	if !strings.Contains(screen, "EXIT=0") || !strings.Contains(screen, "--- acceptwatch summary") {
+		t.Errorf("q did not end with the summary and status 0")
+	}
+	if !regexp.MustCompile(`(?m)^127\.0\.0\.2 +400 +400 `).MatchString(screen) {
+		t.Errorf("summary lacks 127.0.0.2 with %d accepted and as many handshakes", busy)
+	}
+	checkRestored(t, tm)
+}
+
+// checkRestored: the normal screen is back, with its cursor, and the table
+// was drawn on the alternate screen (none of it is left on the normal one).
+func checkRestored(t *testing.T, tm *tmux) {
+	t.Helper()
+	if alt := tm.format("#{alternate_on}"); alt != "0" {
+		t.Errorf("alternate screen still on after exit (alternate_on %q)", alt)
+	}
+	if c := tm.format("#{cursor_flag}"); c != "1" {
+		t.Errorf("cursor still hidden after exit (cursor_flag %q)", c)
+	}
+	if s := tm.capture(false); strings.Contains(s, "q quit  s sort") {
+		t.Errorf("the table was left on the normal screen:\n%s", s)
+	}
+}
+
+// TestTopTmuxSignals: SIGTERM and --duration end like q; NO_COLOR leaves
+// no colour.
+func TestTopTmuxSignals(t *testing.T) {
+	srv := listen(t)
+	port := strconv.Itoa(srv.port)
+
+	t.Run("SIGTERM and NO_COLOR", func(t *testing.T) {
+		tm := startTop(t, 100, 30, []string{"NO_COLOR=1"}, "-port", port)
+		dial(t, "127.0.0.5", "127.0.0.1", srv.port, 3)
+		tm.waitScreen("127.0.0.5", func(s string) bool {
+			return parseTable(t, s, "REMOTE", addrRe).cell("127.0.0.5", "ACCEPTED") == "3"
+		})
+		esc := tm.capture(true)
+		if regexp.MustCompile("\x1b\\[[0-9;]*(3[0-7]|9[0-7]|38;)").MatchString(esc) {
+			t.Errorf("colours with NO_COLOR set:\n%q", esc)
+		}
+		if !strings.Contains(esc, "\x1b[1m") && !strings.Contains(esc, "\x1b[7m") {
+			t.Errorf("no bold or reverse with NO_COLOR (attributes are not colours):\n%q", esc)
+		}
+		pid := childOf(t, tm.format("#{pane_pid}"))
+		if err := exec.Command("kill", "-TERM", pid).Run(); err != nil {
+			t.Fatal(err)
+		}
+		screen := tm.waitScreen("the summary after SIGTERM", func(s string) bool { return strings.Contains(s, "EXIT=") })
+		if !strings.Contains(screen, "EXIT=0") || !regexp.MustCompile(`(?m)^127\.0\.0\.5 +3 +3 `).MatchString(screen) {
+			t.Errorf("SIGTERM did not end with the summary and status 0:\n%s", screen)
+		}
+		checkRestored(t, tm)
+	})
+
+	t.Run("duration", func(t *testing.T) {
+		tm := startTop(t, 100, 30, nil, "-port", port, "--duration", "2s")
+		screen := tm.waitScreen("the summary after --duration", func(s string) bool { return strings.Contains(s, "EXIT=") })
+		if !strings.Contains(screen, "EXIT=0") || !strings.Contains(screen, "--- acceptwatch summary") {
+			t.Errorf("--duration did not end with the summary and status 0:\n%s", screen)
+		}
+		checkRestored(t, tm)
+	})
+}
+
+// childOf is the one child process of pid (the shell's acceptwatch).
+func childOf(t *testing.T, pid string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%s/task/%s/children", pid, pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 1 {
+		t.Fatalf("process %s has children %q, want one", pid, f)
+	}
+	return f[0]
+}
