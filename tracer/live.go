@@ -9,36 +9,73 @@ import (
 
 // Live reads the counters for a view that redraws every second or so
 // (acceptwatch -o top). Each Read visits every address once, with its counts
-// and what they gained since the previous Read, so that a caller can keep only
+// and its accepts since the previous Read, so that a caller can keep only
 // the rows it shows. The map is read in batches into buffers kept from one
-// Read to the next, and per address only the counters a rate needs are
+// Read to the next, and per address only the count a rate needs is
 // remembered: once the set of addresses stops growing a Read allocates
-// nothing per address, and memory is bounded by --max-addresses, not by time.
+// nothing, and memory is bounded by --max-addresses, not by time.
 // A Live is not safe for concurrent use, nor with the Tracer's Total or Window.
 type Live struct {
 	t        *Tracer
-	prev     map[[16]byte]liveCounts
 	prevTime time.Time
+	// The previous advancing Read's counters, in the order the map gave
+	// them. The kernel's hash map never moves an entry and nothing deletes
+	// from it, so a Read meets the previous entries in the same order, with
+	// new ones in between: matching them in step reads this memory
+	// sequentially (a Go map of 100,000 addresses missed the cache on
+	// every lookup and cost a third of a refresh).
+	prevKeys []([16]byte)
+	prevAcc  []uint64 // accepts
+	prevMono uint64   // CLOCK_MONOTONIC when that Read began, less insertSlack
+	curKeys  []([16]byte)
+	curAcc   []uint64
+	index    map[[16]byte]int // prevKeys' positions, built only if the order ever differs
 	sample   AddrSample
 }
 
-// liveCounts are the counters of one address at the previous Read.
-type liveCounts struct {
-	accepted, handshakes, syns, synackRetrans, notAccepted uint64
+// insertSlack: a program reads the clock a few microseconds before it
+// inserts an address; an address first seen this little before a Read began
+// may still be missing from it.
+const insertSlack = uint64(time.Millisecond)
+
+// before returns the address's accepts at the previous advancing Read; j is
+// the position where the walk through prevKeys stands.
+func (l *Live) before(k [16]byte, v *acceptwatchAddrStats, j *int) uint64 {
+	if *j < len(l.prevKeys) && l.prevKeys[*j] == k {
+		*j++
+		return l.prevAcc[*j-1]
+	}
+	if v.FirstNs > l.prevMono {
+		// New since the previous Read began: the order puts the new ones
+		// in between.
+		return 0
+	}
+	// Older than the previous Read, so it saw this address, but not where
+	// the order says: look it up (should the kernel ever order its entries
+	// otherwise, the counts stay right, only slower).
+	if l.index == nil {
+		l.index = make(map[[16]byte]int, len(l.prevKeys))
+		for i, pk := range l.prevKeys {
+			l.index[pk] = i
+		}
+	}
+	if i, ok := l.index[k]; ok {
+		return l.prevAcc[i]
+	}
+	return 0
 }
 
 // AddrSample is one address at a Read: its counters since the tracer started,
 // and what they gained since the previous Read. The pointer passed to a
 // visit function is valid only during that call.
 type AddrSample struct {
-	Key                                 [16]byte // IPv4 is v4-mapped
-	Accepted, Handshakes, NotAccepted   uint64
-	ClientGone, SynackRetrans, Syns     uint64
-	NewAccepted, NewHandshakes, NewSyns uint64 // since the previous Read
-	NewSynackRetrans, NewNotAccepted    uint64
-	LastNs                              uint64 // CLOCK_MONOTONIC of the last event
-	v                                   *acceptwatchAddrStats
-	t                                   *Tracer
+	Key                               [16]byte // IPv4 is v4-mapped
+	Accepted, Handshakes, NotAccepted uint64
+	ClientGone, SynackRetrans, Syns   uint64
+	NewAccepted                       uint64 // since the previous advancing Read
+	LastNs                            uint64 // CLOCK_MONOTONIC of the last event
+	v                                 *acceptwatchAddrStats
+	t                                 *Tracer
 }
 
 // Addr is the remote address (IPv4 unmapped).
@@ -62,7 +99,7 @@ type LiveTotals struct {
 // Live starts a live reader; the first Read's gains are everything counted
 // since the tracer started.
 func (t *Tracer) Live() *Live {
-	return &Live{t: t, prev: map[[16]byte]liveCounts{}, prevTime: t.start}
+	return &Live{t: t, prevTime: t.start}
 }
 
 // Read visits every address and returns the totals. With advance, the next
@@ -71,28 +108,26 @@ func (t *Tracer) Live() *Live {
 // and Interval says over how long.
 func (l *Live) Read(advance bool, visit func(*AddrSample)) (LiveTotals, error) {
 	t := l.t
-	now := time.Now()
+	mono, now := monotonicNow()
 	tot := LiveTotals{Counts: Counts{Start: t.start, End: now, SynCounter: t.synCounter, DropCounters: t.DropCounters()}, Interval: now.Sub(l.prevTime)}
 	stats, err := t.readStats()
 	if err != nil {
 		return tot, err
 	}
 	s := &l.sample
+	j := 0
+	l.curKeys, l.curAcc = l.curKeys[:0], l.curAcc[:0]
 	err = t.eachAddr(func(k [16]byte, v *acceptwatchAddrStats) {
-		p := l.prev[k]
 		*s = AddrSample{
 			Key: k, t: t, v: v,
 			Accepted: v.Accepted, Handshakes: v.Handshakes, NotAccepted: v.NotAccepted,
 			ClientGone: v.Gone, SynackRetrans: v.SynackRetrans, Syns: v.Syns,
-			NewAccepted:      v.Accepted - p.accepted,
-			NewHandshakes:    v.Handshakes - p.handshakes,
-			NewSyns:          v.Syns - p.syns,
-			NewSynackRetrans: v.SynackRetrans - p.synackRetrans,
-			NewNotAccepted:   v.NotAccepted - p.notAccepted,
-			LastNs:           v.LastNs,
+			NewAccepted: v.Accepted - l.before(k, v, &j),
+			LastNs:      v.LastNs,
 		}
 		if advance {
-			l.prev[k] = liveCounts{v.Accepted, v.Handshakes, v.Syns, v.SynackRetrans, v.NotAccepted}
+			l.curKeys = append(l.curKeys, k)
+			l.curAcc = append(l.curAcc, v.Accepted)
 		}
 		tot.AddressCount++
 		tot.addAddr(v)
@@ -112,7 +147,10 @@ func (l *Live) Read(advance bool, visit func(*AddrSample)) (LiveTotals, error) {
 	}
 	tot.KernelCounters = kernelCounters(ns, t.counters)
 	if advance {
-		l.prevTime = now
+		l.prevTime, l.prevMono = now, uint64(mono)-min(uint64(mono), insertSlack)
+		l.prevKeys, l.curKeys = l.curKeys, l.prevKeys
+		l.prevAcc, l.curAcc = l.curAcc, l.prevAcc
+		l.index = nil
 	}
 	return tot, nil
 }
