@@ -108,12 +108,21 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 	tot, err := s.live.Read(advance, func(a *tracer.AddrSample) {
 		r := top.Row{
 			Addr: a.Addr(), New: a.NewAccepted, Accepted: a.Accepted, Syns: a.Syns, Handshakes: a.Handshakes,
-			NotAccepted: a.NotAccepted, SynackRetrans: a.SynackRetrans, Last: a.Last(),
+			NotAccepted: a.NotAccepted, SynackRetrans: a.SynackRetrans,
+		}
+		// The wait and the time cost most: only for a sort by them or a row kept.
+		full := func() {
+			w := a.Wait()
+			r.WaitP99, r.HasWait, r.Last = w.P99, w.Count > 0, a.Last()
+		}
+		if q.Sort == top.ColWaitP99 || q.Sort == top.ColLast {
+			full()
 		}
 		flagged := th > 0 && a.SynackRetrans >= th
-		if q.Sort == top.ColWaitP99 || s.best.Admits(&r) || flagged {
-			w := a.Wait()
-			r.WaitP99, r.HasWait = w.P99, w.Count > 0
+		if s.best.Admits(&r) || flagged {
+			if q.Sort != top.ColWaitP99 && q.Sort != top.ColLast {
+				full()
+			}
 			s.best.Offer(&r)
 		}
 		if flagged {

@@ -118,7 +118,8 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 		m.apply(msg.f, msg.advance)
 		if msg.advance {
-			return m, tea.Tick(m.opt.Refresh, func(time.Time) tea.Msg { return tickMsg{} })
+			// In step with the clock: one refresh per period, however long a read takes.
+			return m, tea.Every(m.opt.Refresh, func(time.Time) tea.Msg { return tickMsg{} })
 		}
 	}
 	return m, nil
