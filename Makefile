@@ -36,11 +36,12 @@ vmtest:
 	go run ./vmtest/cmd/matrix -packages "$(VMTEST_PACKAGES)" $(if $(KERNELS),-kernels "$(KERNELS)") $(if $(MODES),-modes "$(MODES)")
 
 # Benchmark (cmd/acceptbench, needs root): throughput with and without
-# acceptwatch, lost events, start-up, 1M addresses, kernel cost per event.
-# About 5 minutes. BENCH_FLAGS="-markdown bench.md" also writes markdown.
+# acceptwatch, lost events, start-up, 1M addresses, kernel cost per event,
+# the live table's refresh with 100,000 addresses (in tmux).
+# About 6 minutes. BENCH_FLAGS="-markdown bench.md" also writes markdown.
 # The snapshot section compares with netstat (net-tools) and measures peak
 # RSS with GNU time.
-BENCH_DEBS := net-tools time iproute2
+BENCH_DEBS := net-tools time iproute2 tmux
 
 bench:
 	@dpkg -s $(BENCH_DEBS) >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(BENCH_DEBS); }

@@ -61,6 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	parts := map[string]func() (*table, error){
 		"startup": b.startup, "kernel": b.kernel, "throughput": b.throughput, "scale": b.scale,
 		"snapshot": b.snapshot,
+		"top":      b.liveTable,
 	}
 	var tables []*table
 	for _, name := range strings.Split(o.sections, ",") {

@@ -32,9 +32,10 @@ type options struct {
 	markdown      string        // also write the report here, as markdown
 	snapshotConns int           // established connections in the snapshot section
 	snapshotRuns  int           // timed runs per command there
+	topAddresses  uint64        // distinct addresses in the live table's run
 }
 
-const allSections = "startup,kernel,throughput,scale,snapshot"
+const allSections = "startup,kernel,throughput,scale,snapshot,top"
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
@@ -52,6 +53,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.scaleDefault, "scale-default", true, "repeat the scale run at the default --max-addresses")
 	fs.IntVar(&o.snapshotConns, "snapshot-conns", 100_000, "established connections in the snapshot section")
 	fs.IntVar(&o.snapshotRuns, "snapshot-runs", 7, "timed runs per command in the snapshot section")
+	fs.Uint64Var(&o.topAddresses, "top-addresses", 100_000, "distinct addresses in the map while the live table (-o top) is measured")
 	fs.StringVar(&o.markdown, "markdown", "", "also write the report as markdown to this `file`")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -61,6 +63,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.snapshotConns < 1 || o.snapshotRuns < 1 {
 		return nil, fmt.Errorf("-snapshot-conns and -snapshot-runs must be positive")
+	}
+	if o.topAddresses < 1 {
+		return nil, fmt.Errorf("-top-addresses must be positive")
 	}
 	if o.pairs < 1 || o.clients < 1 || o.acceptors < 1 || o.sources < 1 || o.starts < 1 || o.round <= 0 {
 		return nil, fmt.Errorf("-pairs, -clients, -acceptors, -sources, -starts and -round must be positive")

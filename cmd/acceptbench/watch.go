@@ -96,8 +96,11 @@ func lastLine(s string) string {
 
 // cpuTime is the CPU time of every thread of the process so far (schedstat is
 // in nanoseconds; /proc/PID/stat only has clock ticks).
-func (w *watch) cpuTime() time.Duration {
-	dir := fmt.Sprintf("/proc/%d/task", w.cmd.Process.Pid)
+func (w *watch) cpuTime() time.Duration { return pidCPU(w.cmd.Process.Pid) }
+
+// pidCPU is the CPU time of every thread of process pid so far.
+func pidCPU(pid int) time.Duration {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
 	tasks, _ := os.ReadDir(dir)
 	var sum time.Duration
 	for _, t := range tasks {
@@ -114,8 +117,11 @@ func (w *watch) cpuTime() time.Duration {
 }
 
 // statusKB reads a "VmHWM:"-style field of /proc/PID/status, in KiB.
-func (w *watch) statusKB(field string) uint64 {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", w.cmd.Process.Pid))
+func (w *watch) statusKB(field string) uint64 { return pidStatusKB(w.cmd.Process.Pid, field) }
+
+// pidStatusKB reads a "VmHWM:"-style field of /proc/PID/status, in KiB.
+func pidStatusKB(pid int, field string) uint64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	for _, line := range strings.Split(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
