@@ -178,8 +178,8 @@ func (o *options) validate() error {
 	case "text", "json":
 	case "top":
 		switch {
-		case o.quiet, o.count > 0, o.interval > 0:
-			return usagef("-o top draws a live table: -q, --count and --interval do not apply")
+		case o.quiet, o.count > 0, o.interval > 0, o.snapshot.on:
+			return usagef("-o top draws a live table: -q, --count, --interval and --snapshot do not apply")
 		case o.refresh < 100*time.Millisecond:
 			return usagef("invalid --refresh %s: must be at least 100ms", o.refresh)
 		}

@@ -101,6 +101,7 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-o", "top", "-q"}, "-o top"},
 		{[]string{"-o", "top", "--count", "3"}, "-o top"},
 		{[]string{"-o", "top", "--interval", "1s"}, "-o top"},
+		{[]string{"-o", "top", "--snapshot"}, "-o top"},
 		{[]string{"-o", "top", "--refresh", "10ms"}, "--refresh"},
 		{[]string{"--refresh", "2s"}, "--refresh goes with -o top"},
 	} {

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
+	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/lipgloss"
@@ -17,6 +20,7 @@ import (
 	"github.com/acceptwatch/acceptwatch/report"
 	"github.com/acceptwatch/acceptwatch/report/top"
 	"github.com/acceptwatch/acceptwatch/tracer"
+	"github.com/acceptwatch/acceptwatch/tracer/sockdiag"
 )
 
 // runTop draws the live table (-o top) until q, Ctrl-C, SIGINT, SIGTERM or
@@ -24,7 +28,7 @@ import (
 // bubbletea restores the terminal on every way out, a panic included.
 func runTop(ctx context.Context, l *loop, stdout *os.File) error {
 	o, t := l.o, l.t
-	src := &topSource{t: t, o: o, l: l, live: t.Live()}
+	src := &topSource{t: t, o: o, l: l, live: t.Live(), now: l.now}
 	m := top.New(src, top.Options{
 		Mode:    t.Mode(),
 		Ports:   o.portsLabel(),
@@ -78,6 +82,51 @@ type topSource struct {
 	stopped  bool
 	best     top.Best
 	halfOpen top.Best // the worst half-open addresses, for the findings
+
+	// Connections now (OPEN, BACKLOG_NOW), from the sock_diag snapshot.
+	now      *connectionsNow
+	open     map[netip.Addr]nowAddr
+	nowPorts map[uint16]sockdiag.Port
+	nowTime  time.Time     // of the last snapshot; zero: none yet
+	nowCost  time.Duration // what it took
+	nowErr   error
+}
+
+// nowAddr is one address in the snapshot: established connections, and
+// whether the pass over the counters met it (for a sort by OPEN).
+type nowAddr struct {
+	open uint64
+	seen bool
+}
+
+// snapshotShare bounds the snapshot's cost: it is taken again only after ten
+// times its own duration (a dump of 100,000 connections takes about 0.2 s),
+// so it never takes more than a tenth of the time.
+const snapshotShare = 10
+
+// snapshot refreshes the connections now when due.
+func (s *topSource) snapshot(now time.Time) {
+	if s.now.err != nil || (!s.nowTime.IsZero() && now.Sub(s.nowTime) < snapshotShare*s.nowCost) {
+		return
+	}
+	snap, err := s.now.d.Snapshot(s.o.snapshotFilter())
+	if s.nowErr = err; err != nil {
+		return
+	}
+	s.nowTime, s.nowCost = snap.Time, snap.Dumped
+	if s.open == nil {
+		s.open, s.nowPorts = map[netip.Addr]nowAddr{}, map[uint16]sockdiag.Port{}
+	}
+	clear(s.open)
+	clear(s.nowPorts)
+	for _, a := range snap.Addrs {
+		if n := a.States.Open(); n > 0 {
+			s.open[a.Addr] = nowAddr{open: uint64(n)}
+		}
+	}
+	for _, p := range snap.Ports {
+		s.nowPorts[p.Port] = p
+	}
 }
 
 var errStopped = errors.New("live table stopped")
@@ -90,7 +139,12 @@ func (s *topSource) stop() {
 }
 
 func (s *topSource) Caps() top.Caps {
-	return top.Caps{Syns: s.t.SynCounter() != "", SynsWhy: "SYN counter off (--no-syn-counter) or unavailable (-v says why)"}
+	c := top.Caps{Syns: s.t.SynCounter() != "", SynsWhy: "SYN counter off (--no-syn-counter) or unavailable (-v says why)"}
+	c.Open, c.BacklogNow = s.now.err == nil, s.now.err == nil
+	if s.now.err != nil {
+		c.NowWhy = strings.Join(strings.Fields(s.now.err.Error()), " ")
+	}
+	return c
 }
 
 // maxHalfOpenRows is how many half-open addresses the findings name.
@@ -102,6 +156,11 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 	if s.stopped {
 		return nil, errStopped
 	}
+	if advance {
+		s.snapshot(time.Now())
+	}
+	nowKnown := s.now.err == nil && s.nowErr == nil && !s.nowTime.IsZero()
+	byOpen := q.Sort == top.ColOpen && nowKnown
 	s.best.Reset(q.Sort, q.Rows)
 	s.halfOpen.Reset(top.ColSynackRetrans, maxHalfOpenRows)
 	halfOpen, th := 0, s.o.halfOpenThreshold
@@ -110,10 +169,20 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 			Addr: a.Addr(), New: a.NewAccepted, Accepted: a.Accepted, Syns: a.Syns, Handshakes: a.Handshakes,
 			NotAccepted: a.NotAccepted, SynackRetrans: a.SynackRetrans,
 		}
-		// The wait and the time cost most: only for a sort by them or a row kept.
+		// The wait, the time and the snapshot cost most: only for a sort
+		// by them or a row kept.
 		full := func() {
 			w := a.Wait()
 			r.WaitP99, r.HasWait, r.Last = w.P99, w.Count > 0, a.Last()
+			if nowKnown && !byOpen {
+				r.Open = s.open[r.Addr].open
+			}
+		}
+		if byOpen {
+			if n, ok := s.open[r.Addr]; ok {
+				r.Open = n.open
+				s.open[r.Addr] = nowAddr{open: n.open, seen: true}
+			}
 		}
 		if q.Sort == top.ColWaitP99 || q.Sort == top.ColLast {
 			full()
@@ -133,9 +202,21 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 	if err != nil {
 		return nil, err
 	}
+	if byOpen {
+		// Connected since before tracing began, and quiet since: a row too.
+		for a, n := range s.open {
+			if !n.seen {
+				s.best.Offer(&top.Row{Addr: a, Open: n.open})
+			} else {
+				s.open[a] = nowAddr{open: n.open}
+			}
+		}
+	}
 	f := &top.Frame{
 		Time:     tot.End,
 		Interval: tot.Interval,
+		NowKnown: nowKnown,
+		NowTime:  s.nowTime,
 		Rows:     s.best.Sorted(),
 		Totals: top.Totals{
 			Accepted: tot.TotalAccepted, Handshakes: tot.TotalHandshakes, Syns: tot.TotalSyns,
@@ -161,6 +242,9 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 		sum.Addresses = append(sum.Addresses, report.AddrStats{Addr: r.Addr, SynackRetrans: r.SynackRetrans})
 	}
 	f.Findings = s.l.findings(sum, tot.WaitsUnknown, tot.PortsOverflow)
+	if s.nowErr != nil {
+		f.Findings = append(f.Findings, "connections now unknown: "+strings.Join(strings.Fields(s.nowErr.Error()), " "))
+	}
 	return f, nil
 }
 
@@ -183,6 +267,12 @@ func (s *topSource) ports(ls []report.PortStats) []top.Port {
 			}
 		}
 		slices.SortFunc(out, func(a, b top.Port) int { return int(a.Port) - int(b.Port) })
+	}
+	for i := range out {
+		if p, ok := s.nowPorts[out[i].Port]; ok && len(p.Listeners) > 0 {
+			q, limit := p.Queue()
+			out[i].BacklogNow, out[i].NowLimit, out[i].HasNow = uint32(q), uint32(limit), true
+		}
 	}
 	return out
 }

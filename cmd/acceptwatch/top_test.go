@@ -94,21 +94,31 @@ func dialFrom(src string, port int) error {
 	return c.Close()
 }
 
-// TestTopFrames: the tracer's counters through the live table's source and
-// model, drawn at 120x40: the busiest address first with its exact counts,
-// the port row, the header's totals; then a newly busy address moves to the
-// top, and s sorts by ACCEPTED.
+// TestTopFrames: the tracer's counters and the socket snapshot through the
+// live table's source and model, drawn at 120x40: the busiest address first
+// with its exact counts, the port rows, the header's totals, connections
+// open now and a listener's queue now; then a newly busy address moves to
+// the top, and s sorts by ACCEPTED.
 func TestTopFrames(t *testing.T) {
 	requireRoot(t)
 	srv := listen(t)
+	// A listener that never accepts: 127.0.0.5's connections stay in its
+	// queue, established (OPEN) and counted in BACKLOG_NOW.
+	_, held := rawListener(t, 16)
 	o := &options{waitThreshold: 100 * time.Millisecond, halfOpenThreshold: 10, maxAddresses: tracer.DefaultMaxAddresses,
-		top: 20, refresh: time.Second, portList: []uint16{uint16(srv.port)}, portNames: []string{strconv.Itoa(srv.port)}}
+		top: 20, refresh: time.Second, portList: []uint16{uint16(srv.port), uint16(held)}}
+	o.portList, o.portNames, _ = parsePorts([]string{strconv.Itoa(srv.port), strconv.Itoa(held)})
 	tr, err := tracer.Open(tracer.Config{Attach: attachMode(), Ports: o.portList})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	src := &topSource{t: tr, o: o, l: &loop{o: o, t: tr}, live: tr.Live()}
+	l := &loop{o: o, t: tr, now: openConnectionsNow()}
+	defer l.now.Close()
+	if l.now.err != nil {
+		t.Fatalf("no socket snapshot for OPEN: %v", l.now.err)
+	}
+	src := &topSource{t: tr, o: o, l: l, live: tr.Live(), now: l.now}
 	m := top.New(src, top.Options{Mode: tr.Mode(), Ports: o.portsLabel(), Refresh: o.refresh, Start: tr.Started(), Styles: top.PlainStyles()})
 	m.Update(tea.WindowSizeMsg{Width: 120, Height: 40})
 
@@ -117,6 +127,7 @@ func TestTopFrames(t *testing.T) {
 		dial(t, a, "127.0.0.1", srv.port, want[a])
 	}
 	srv.waitAccepted(t, 19)
+	connectN(t, "127.0.0.5", held, 3)
 	_, tick := m.Update(m.Init()())
 	screen := m.View()
 	t.Logf("first refresh:\n%s", screen)
@@ -125,16 +136,22 @@ func TestTopFrames(t *testing.T) {
 		t.Errorf("title lacks the mode or the port")
 	}
 	hdr := parseTable(t, screen, "ACCEPTS", regexp.MustCompile(`^(total|/s)$`))
-	if hdr.cell("total", "ACCEPTS") != "19" || hdr.cell("total", "HANDSHAKES") != "19" {
+	if hdr.cell("total", "ACCEPTS") != "19" || hdr.cell("total", "HANDSHAKES") != "22" {
 		t.Errorf("header totals: %v", hdr.rows["total"])
 	}
 	ports := parseTable(t, screen, "PORT", portRe)
 	if got := ports.cell(strconv.Itoa(srv.port), "ACCEPTED"); got != "19" {
 		t.Errorf("port row: ACCEPTED %q, want 19 (%v)", got, ports.rows)
 	}
+	if got := ports.cell(strconv.Itoa(held), "BACKLOG_NOW"); got != "3/16" {
+		t.Errorf("port %d: BACKLOG_NOW %q, want 3/16 (%v)", held, got, ports.rows)
+	}
 	addrs := parseTable(t, screen, "REMOTE", addrRe)
-	if !slices.Equal(addrs.order, []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}) {
+	if !slices.Equal(addrs.order, []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"}) {
 		t.Errorf("rows %v, want the busiest first", addrs.order)
+	}
+	if addrs.cell("127.0.0.5", "OPEN") != "3" || addrs.cell("127.0.0.5", "ACCEPTED") != "0" || addrs.cell("127.0.0.5", "HANDSHAKES") != "3" {
+		t.Errorf("127.0.0.5 (3 connections queued, none accepted): %v", addrs.rows["127.0.0.5"])
 	}
 	for a, n := range want {
 		if got := addrs.cell(a, "ACCEPTED"); got != strconv.Itoa(n) {
@@ -161,7 +178,7 @@ func TestTopFrames(t *testing.T) {
 	screen = m.View()
 	t.Logf("second refresh:\n%s", screen)
 	addrs = parseTable(t, screen, "REMOTE", addrRe)
-	if len(addrs.order) != 3 || addrs.order[0] != "127.0.0.4" || addrs.cell("127.0.0.4", "ACCEPTED") != "10" {
+	if len(addrs.order) != 4 || addrs.order[0] != "127.0.0.4" || addrs.cell("127.0.0.4", "ACCEPTED") != "10" {
 		t.Errorf("after 8 more from 127.0.0.4: rows %v, want 127.0.0.4 first with 10", addrs.order)
 	}
 	if r := addrs.cell("127.0.0.4", "RATE/s"); r == "0" || addrs.cell("127.0.0.2", "RATE/s") != "0" {
@@ -172,8 +189,18 @@ func TestTopFrames(t *testing.T) {
 	m.Update(redraw())
 	screen = m.View()
 	addrs = parseTable(t, screen, "REMOTE", addrRe)
-	if !slices.Equal(addrs.order, []string{"127.0.0.2", "127.0.0.4", "127.0.0.3"}) || !strings.Contains(screen, "sort: ACCEPTED") {
+	if !slices.Equal(addrs.order, []string{"127.0.0.2", "127.0.0.4", "127.0.0.3", "127.0.0.5"}) || !strings.Contains(screen, "sort: ACCEPTED") {
 		t.Errorf("after s: rows %v, want by ACCEPTED\n%s", addrs.order, screen)
+	}
+	// On to OPEN (after SYNS where counted, HANDSHAKES, NOT_ACC, SYNACK_RT).
+	for i := 0; i < 10 && !strings.Contains(m.View(), "sort: OPEN"); i++ {
+		_, redraw = m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("s")})
+	}
+	m.Update(redraw())
+	screen = m.View()
+	addrs = parseTable(t, screen, "REMOTE", addrRe)
+	if !strings.Contains(screen, "sort: OPEN") || len(addrs.order) == 0 || addrs.order[0] != "127.0.0.5" {
+		t.Errorf("sorted by OPEN: rows %v\n%s", addrs.order, screen)
 	}
 }
 
@@ -327,7 +354,8 @@ func TestTopTmux(t *testing.T) {
 		t.Errorf("no sparkline")
 	}
 	ports := parseTable(t, screen, "PORT", portRe)
-	if len(ports.order) != 1 || ports.order[0] != port || ports.cell(port, "RATE/s") == "0" {
+	if len(ports.order) != 1 || ports.order[0] != port || ports.cell(port, "RATE/s") == "0" ||
+		!regexp.MustCompile(fmt.Sprintf(`^[0-9]+/%d$`, goBacklog(t))).MatchString(ports.cell(port, "BACKLOG_NOW")) {
 		t.Errorf("port rows %v", ports.rows)
 	}
 	if !strings.HasPrefix(lines[len(lines)-1], "q quit  s sort: RATE/s") {

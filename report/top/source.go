@@ -27,6 +27,7 @@ type Caps struct {
 	SynsWhy    string // why not, for the help screen: e.g. "tracepoint mode counts no SYNs"
 	Open       bool   // connections open now per address (OPEN)
 	BacklogNow bool   // each listener's accept queue now (BACKLOG_NOW)
+	NowWhy     string // why neither, for the help screen
 	Group      bool   // rows per prefix (the g key)
 }
 
@@ -47,6 +48,11 @@ type Frame struct {
 	Rows     []Row  // at most Query.Rows, in Query.Sort order
 	Grouped  bool   // Rows are prefixes
 	Findings []string
+	// Whether Rows' Open and Ports' BacklogNow are known in this frame
+	// (Caps.Open, Caps.BacklogNow), and when they were read: a source may
+	// take its socket snapshot less often than it refreshes.
+	NowKnown bool
+	NowTime  time.Time
 }
 
 // Totals are the run's counters since the start.
@@ -65,7 +71,8 @@ type Port struct {
 	Accepted      uint64
 	NotAccepted   uint64
 	SynackRetrans uint64
-	BacklogNow    uint32 // valid with Caps.BacklogNow and HasNow
+	BacklogNow    uint32 // queued now over NowLimit: valid with Caps.BacklogNow and HasNow
+	NowLimit      uint32
 	HasNow        bool
 	BacklogMax    uint32 // most queued at one accept (0: not seen)
 	BacklogLimit  uint32

@@ -103,6 +103,9 @@ func (m *Model) title(s *screen, w int) string {
 			addrs += fmt.Sprintf(" (map full at %d: %d events not attributed)", f.Totals.MaxAddresses, f.Totals.AddressOverflow)
 		}
 		parts = append(parts, addrs)
+		if age := f.Time.Sub(f.NowTime); f.NowKnown && age >= 2*m.opt.Refresh {
+			parts = append(parts, "OPEN "+upTime(age)+" old")
+		}
 	}
 	return strings.Join(parts, "  ")
 }
@@ -197,8 +200,8 @@ func (m *Model) portLines(s *screen, w, maxRows int) []string {
 	}
 	for _, p := range ports {
 		now, bmax, wait := "-", "-", "-"
-		if m.caps.BacklogNow && p.HasNow {
-			now = fmt.Sprintf("%d/%d", p.BacklogNow, p.BacklogLimit)
+		if m.caps.BacklogNow && f.NowKnown && p.HasNow {
+			now = fmt.Sprintf("%d/%d", p.BacklogNow, p.NowLimit)
 		}
 		if p.BacklogMax > 0 || p.BacklogLimit > 0 {
 			bmax = fmt.Sprintf("%d/%d", p.BacklogMax, p.BacklogLimit)
@@ -253,7 +256,7 @@ func (m *Model) addressLines(f *Frame, w, room int) []string {
 		if m.caps.Syns {
 			syns = num(r.Syns)
 		}
-		if m.caps.Open {
+		if m.caps.Open && f.NowKnown {
 			open = num(r.Open)
 		}
 		if r.HasWait {
@@ -337,6 +340,9 @@ func (m *Model) helpLines() []string {
 		if ok {
 			return what
 		}
+		if why == "" {
+			why = "not available"
+		}
 		return what + " (" + why + ")"
 	}
 	return []string{
@@ -355,7 +361,7 @@ func (m *Model) helpLines() []string {
 		"  HANDSHAKES  completed TCP handshakes",
 		"  NOT_ACC     handshake completed, closed before any accept()",
 		"  SYNACK_RT   SYN-ACKs resent: handshakes the client did not finish",
-		"  OPEN        " + na(m.caps.Open, "connections open now", "needs the socket snapshot"),
+		"  OPEN        " + na(m.caps.Open, "connections established now (socket snapshot)", m.caps.NowWhy),
 		"  WAIT_P99    queue wait (handshake to accept) p99",
 		"  LAST        last seen, how long ago",
 		"  OVERFLOWS   TcpExt ListenOverflows, all ports of this network namespace",
@@ -467,7 +473,7 @@ func rateStr(r float64) string {
 	switch {
 	case r == 0:
 		return "0"
-	case r < 10:
+	case r < 9.95: // what rounds to 10.0 prints as 10
 		return strconv.FormatFloat(r, 'f', 1, 64)
 	default:
 		return strconv.FormatFloat(r, 'f', 0, 64)

@@ -62,15 +62,16 @@ func sampleFrames() (*Frame, *Frame) {
 			Addresses: 4, MaxAddresses: 65536},
 		Ports: []Port{
 			{Port: 443, Accepted: 1890, NotAccepted: 1, SynackRetrans: 52, BacklogMax: 130, BacklogLimit: 128,
-				WaitP99: 120 * time.Millisecond, HasWait: true},
+				WaitP99: 120 * time.Millisecond, HasWait: true, BacklogNow: 97, NowLimit: 128, HasNow: true},
 			{Port: 8443, Accepted: 10, BacklogMax: 1, BacklogLimit: 511, WaitP99: 15 * time.Microsecond, HasWait: true},
 		},
 		Rows: []Row{
-			{Addr: addr("203.0.113.9"), New: 880, Accepted: 1700, Syns: 1710, Handshakes: 1701, WaitP99: 120 * time.Millisecond, HasWait: true, Last: t0.Add(11 * time.Second)},
+			{Addr: addr("203.0.113.9"), New: 880, Accepted: 1700, Syns: 1710, Handshakes: 1701, Open: 3, WaitP99: 120 * time.Millisecond, HasWait: true, Last: t0.Add(11 * time.Second)},
 			{Addr: addr("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"), New: 15, Accepted: 150, Syns: 150, Handshakes: 150, WaitP99: 30 * time.Microsecond, HasWait: true, Last: t0.Add(10500 * time.Millisecond)},
-			{Addr: addr("198.51.100.7"), New: 5, Accepted: 50, Syns: 50, Handshakes: 51, NotAccepted: 1, WaitP99: 8 * time.Microsecond, HasWait: true, Last: t0.Add(9 * time.Second)},
+			{Addr: addr("198.51.100.7"), New: 5, Accepted: 50, Syns: 50, Handshakes: 51, NotAccepted: 1, Open: 40, WaitP99: 8 * time.Microsecond, HasWait: true, Last: t0.Add(9 * time.Second)},
 			{Addr: addr("192.0.2.66"), Syns: 100, SynackRetrans: 52, Last: t0.Add(-50 * time.Second)},
 		},
+		NowKnown: true, NowTime: t0.Add(11 * time.Second),
 		Findings: []string{
 			"port 443: queue wait p99 120ms is over 100ms: the server is slow to accept()",
 			"port 443: accept queue reached its limit (130/128)",
@@ -141,6 +142,7 @@ func checkGolden(t *testing.T, name, got string) {
 }
 
 var allCaps = Caps{Syns: true}
+var snapshotCaps = Caps{Syns: true, Open: true, BacklogNow: true}
 var tracepointCaps = Caps{SynsWhy: "no SYN hook in tracepoint mode"}
 
 func TestGolden(t *testing.T) {
@@ -151,6 +153,8 @@ func TestGolden(t *testing.T) {
 		keys string
 	}{
 		{"80x24", allCaps, 80, 24, ""},
+		{"snapshot_120x40", snapshotCaps, 120, 40, ""},
+		{"snapshot_sorted_open_120x40", snapshotCaps, 120, 40, "ssssss"},
 		{"120x40", allCaps, 120, 40, ""},
 		{"200x50", allCaps, 200, 50, ""},
 		{"tracepoint_80x24", tracepointCaps, 80, 24, ""},
