@@ -37,7 +37,9 @@ func runTop(ctx context.Context, l *loop, stdout *os.File) error {
 		Styles:  top.StylesFor(lipgloss.NewRenderer(stdout)),
 	})
 	// Signals come through ctx (main's handler), so that SIGTERM ends like q.
-	p := tea.NewProgram(m, tea.WithOutput(stdout), tea.WithAltScreen(), tea.WithoutSignalHandler())
+	// 20 frames a second answer a key at once; the default 60 wake the
+	// process three times as often for a table that changes once a second.
+	p := tea.NewProgram(m, tea.WithOutput(stdout), tea.WithAltScreen(), tea.WithoutSignalHandler(), tea.WithFPS(20))
 	if o.duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.duration)
