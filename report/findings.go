@@ -93,10 +93,11 @@ func dropsByAddress(s Summary) string {
 		}
 		parts = append(parts, fmt.Sprintf("%s %d", Normalize(a.Addr), a.Drops))
 	}
-	return fmt.Sprintf("dropped for a full accept queue (%s), by address: %s", dropWhat(s.DropCounters), strings.Join(parts, ", "))
+	return fmt.Sprintf("dropped for a full accept queue (%s), by address: %s", DropWhat(s.DropCounters), strings.Join(parts, ", "))
 }
 
-func dropWhat(counters []string) string {
+// DropWhat names what drop counters count: "SYNs and final ACKs".
+func DropWhat(counters []string) string {
 	var w []string
 	for _, c := range counters {
 		switch c {

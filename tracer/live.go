@@ -72,6 +72,7 @@ type AddrSample struct {
 	Key                               [16]byte // IPv4 is v4-mapped
 	Accepted, Handshakes, NotAccepted uint64
 	ClientGone, SynackRetrans, Syns   uint64
+	Drops                             uint64 // see Tracer.DropCounters
 	NewAccepted                       uint64 // since the previous advancing Read
 	LastNs                            uint64 // CLOCK_MONOTONIC of the last event
 	v                                 *acceptwatchAddrStats
@@ -121,7 +122,7 @@ func (l *Live) Read(advance bool, visit func(*AddrSample)) (LiveTotals, error) {
 		*s = AddrSample{
 			Key: k, t: t, v: v,
 			Accepted: v.Accepted, Handshakes: v.Handshakes, NotAccepted: v.NotAccepted,
-			ClientGone: v.Gone, SynackRetrans: v.SynackRetrans, Syns: v.Syns,
+			ClientGone: v.Gone, SynackRetrans: v.SynackRetrans, Syns: v.Syns, Drops: uint64(v.Drops),
 			NewAccepted: v.Accepted - l.before(k, v, &j),
 			LastNs:      v.LastNs,
 		}
@@ -154,3 +155,20 @@ func (l *Live) Read(advance bool, visit func(*AddrSample)) (LiveTotals, error) {
 	}
 	return tot, nil
 }
+
+// WaitSum adds up addresses' queue-wait histograms: the waits of a network.
+type WaitSum struct {
+	hist  [32]uint32
+	maxNs uint64
+}
+
+// Add adds an address's waits.
+func (w *WaitSum) Add(s *AddrSample) {
+	for i, n := range s.v.WaitHist {
+		w.hist[i] += n
+	}
+	w.maxNs = max(w.maxNs, s.v.WaitMaxNs)
+}
+
+// Wait is the sum's count, percentiles and max.
+func (w *WaitSum) Wait() report.Wait { return waitStats(w.hist, w.maxNs) }

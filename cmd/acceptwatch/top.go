@@ -28,7 +28,7 @@ import (
 // bubbletea restores the terminal on every way out, a panic included.
 func runTop(ctx context.Context, l *loop, stdout *os.File) error {
 	o, t := l.o, l.t
-	src := &topSource{t: t, o: o, l: l, live: t.Live(), now: l.now}
+	src := newTopSource(l)
 	m := top.New(src, top.Options{
 		Mode:    t.Mode(),
 		Ports:   o.portsLabel(),
@@ -80,10 +80,18 @@ type topSource struct {
 	l    *loop // the run's findings (thresholds, baseline)
 	live *tracer.Live
 
-	mu       sync.Mutex // one reader of the maps at a time; the summary waits for it
-	stopped  bool
-	best     top.Best
-	halfOpen top.Best // the worst half-open addresses, for the findings
+	mu      sync.Mutex // one reader of the maps at a time; the summary waits for it
+	stopped bool
+	best    top.Best
+	groups  map[netip.Prefix]*netRow // with g: the networks of this refresh
+
+	// The findings compare each address with the rest (flood findings):
+	// they need every address, so they are made from a list of them all,
+	// kept for the next time (memory bounded by --max-addresses), when due.
+	all      []report.AddrStats
+	findings []string
+	findTime time.Time
+	findCost time.Duration
 
 	// Connections now (OPEN, BACKLOG_NOW), from the sock_diag snapshot.
 	now      *connectionsNow
@@ -133,6 +141,10 @@ func (s *topSource) snapshot(now time.Time) {
 
 var errStopped = errors.New("live table stopped")
 
+func newTopSource(l *loop) *topSource {
+	return &topSource{t: l.t, o: l.o, l: l, live: l.t.Live(), now: l.now, groups: map[netip.Prefix]*netRow{}}
+}
+
 // stop waits for a refresh under way and refuses later ones.
 func (s *topSource) stop() {
 	s.mu.Lock()
@@ -141,7 +153,11 @@ func (s *topSource) stop() {
 }
 
 func (s *topSource) Caps() top.Caps {
-	c := top.Caps{Syns: s.t.SynCounter() != "", SynsWhy: "SYN counter off (--no-syn-counter) or unavailable (-v says why)"}
+	c := top.Caps{Syns: s.t.SynCounter() != "", SynsWhy: "SYN counter off (--no-syn-counter) or unavailable (-v says why)",
+		Group: true, GroupBy: fmt.Sprintf("/%d and /%d", s.o.prefixLen.V4, s.o.prefixLen.V6)}
+	if d := s.t.DropCounters(); len(d) > 0 {
+		c.Drops, c.DropsWhat = true, report.DropWhat(d)
+	}
 	c.Open, c.BacklogNow = s.now.err == nil, s.now.err == nil
 	if s.now.err != nil {
 		c.NowWhy = strings.Join(strings.Fields(s.now.err.Error()), " ")
@@ -149,8 +165,10 @@ func (s *topSource) Caps() top.Caps {
 	return c
 }
 
-// maxHalfOpenRows is how many half-open addresses the findings name.
-const maxHalfOpenRows = 5
+// findingsShare bounds what the findings cost: they compare every address
+// with the rest, so with many addresses they are made again only after
+// this many times their own duration.
+const findingsShare = 10
 
 func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 	s.mu.Lock()
@@ -158,18 +176,31 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 	if s.stopped {
 		return nil, errStopped
 	}
+	start := time.Now()
 	if advance {
-		s.snapshot(time.Now())
+		s.snapshot(start)
 	}
 	nowKnown := s.now.err == nil && s.nowErr == nil && !s.nowTime.IsZero()
-	byOpen := q.Sort == top.ColOpen && nowKnown
+	byOpen := q.Sort == top.ColOpen && nowKnown && !q.Group
+	// The findings are made from every address, when due.
+	find := advance && (s.findTime.IsZero() || start.Sub(s.findTime) >= findingsShare*s.findCost)
+	s.all = s.all[:0]
 	s.best.Reset(q.Sort, q.Rows)
-	s.halfOpen.Reset(top.ColSynackRetrans, maxHalfOpenRows)
-	halfOpen, th := 0, s.o.halfOpenThreshold
+	if q.Group {
+		clear(s.groups)
+	}
 	tot, err := s.live.Read(advance, func(a *tracer.AddrSample) {
 		r := top.Row{
 			Addr: a.Addr(), New: a.NewAccepted, Accepted: a.Accepted, Syns: a.Syns, Handshakes: a.Handshakes,
-			NotAccepted: a.NotAccepted, SynackRetrans: a.SynackRetrans,
+			NotAccepted: a.NotAccepted, SynackRetrans: a.SynackRetrans, Drops: a.Drops,
+		}
+		if find {
+			s.all = append(s.all, report.AddrStats{Addr: r.Addr, Accepted: r.Accepted, Handshakes: r.Handshakes,
+				NotAccepted: r.NotAccepted, SynackRetrans: r.SynackRetrans, Syns: r.Syns, Drops: r.Drops})
+		}
+		if q.Group {
+			s.addToGroup(&r, a)
+			return
 		}
 		// The wait, the time and the snapshot cost most: only for a sort
 		// by them or a row kept.
@@ -188,23 +219,19 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 		}
 		if q.Sort == top.ColWaitP99 || q.Sort == top.ColLast {
 			full()
-		}
-		flagged := th > 0 && a.SynackRetrans >= th
-		if s.best.Admits(&r) || flagged {
-			if q.Sort != top.ColWaitP99 && q.Sort != top.ColLast {
-				full()
-			}
 			s.best.Offer(&r)
-		}
-		if flagged {
-			halfOpen++
-			s.halfOpen.Offer(&r)
+		} else if s.best.Admits(&r) {
+			full()
+			s.best.Offer(&r)
 		}
 	})
 	if err != nil {
 		return nil, err
 	}
-	if byOpen {
+	switch {
+	case q.Group:
+		s.offerGroups(nowKnown)
+	case byOpen:
 		// Connected since before tracing began, and quiet since: a row too.
 		for a, n := range s.open {
 			if !n.seen {
@@ -220,6 +247,7 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 		NowKnown: nowKnown,
 		NowTime:  s.nowTime,
 		Rows:     s.best.Sorted(),
+		Grouped:  q.Group,
 		Totals: top.Totals{
 			Accepted: tot.TotalAccepted, Handshakes: tot.TotalHandshakes, Syns: tot.TotalSyns,
 			SynackRetrans: tot.TotalSynackRetrans, LostEvents: tot.LostEvents,
@@ -235,19 +263,70 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 		}
 	}
 	f.Ports = s.ports(tot.Listeners)
-	sum := report.Summary{
-		Listeners:      tot.Listeners,
-		KernelCounters: tot.KernelCounters,
-		LostEvents:     tot.LostEvents,
+	if find {
+		t0 := time.Now()
+		s.findings = s.l.findings(report.Summary{
+			Start: tot.Start, End: tot.End, Addresses: s.all,
+			TotalAccepted: tot.TotalAccepted, TotalHandshakes: tot.TotalHandshakes, TotalSyns: tot.TotalSyns,
+			TotalSynackRetrans: tot.TotalSynackRetrans, TotalNotAccepted: tot.TotalNotAccepted, TotalDrops: tot.TotalDrops,
+			SynCounter: tot.SynCounter, DropCounters: tot.DropCounters, LostEvents: tot.LostEvents,
+			AddressOverflow: tot.AddressOverflow, MaxAddresses: s.o.maxAddresses,
+			Listeners: tot.Listeners, KernelCounters: tot.KernelCounters,
+		}, tot.WaitsUnknown, tot.PortsOverflow)
+		s.findTime, s.findCost = start, time.Since(t0)
 	}
-	for _, r := range s.halfOpen.Sorted() {
-		sum.Addresses = append(sum.Addresses, report.AddrStats{Addr: r.Addr, SynackRetrans: r.SynackRetrans})
-	}
-	f.Findings = s.l.findings(sum, tot.WaitsUnknown, tot.PortsOverflow)
+	f.Findings = s.findings
 	if s.nowErr != nil {
-		f.Findings = append(f.Findings, "connections now unknown: "+strings.Join(strings.Fields(s.nowErr.Error()), " "))
+		f.Findings = append(slices.Clip(f.Findings), "connections now unknown: "+strings.Join(strings.Fields(s.nowErr.Error()), " "))
 	}
 	return f, nil
+}
+
+// netRow is one network's row being added up.
+type netRow struct {
+	row  top.Row
+	wait tracer.WaitSum
+}
+
+func (s *topSource) addToGroup(r *top.Row, a *tracer.AddrSample) {
+	p := s.o.prefixLen.Of(r.Addr)
+	g := s.groups[p]
+	if g == nil {
+		g = &netRow{row: top.Row{Prefix: p}}
+		s.groups[p] = g
+	}
+	g.row.Members++
+	g.row.New += r.New
+	g.row.Accepted += r.Accepted
+	g.row.Syns += r.Syns
+	g.row.Handshakes += r.Handshakes
+	g.row.NotAccepted += r.NotAccepted
+	g.row.SynackRetrans += r.SynackRetrans
+	g.row.Drops += r.Drops
+	if last := a.Last(); last.After(g.row.Last) {
+		g.row.Last = last
+	}
+	g.wait.Add(a)
+}
+
+// offerGroups offers the networks as rows, with their connections now.
+func (s *topSource) offerGroups(nowKnown bool) {
+	if nowKnown {
+		for a, n := range s.open {
+			p := s.o.prefixLen.Of(a)
+			g := s.groups[p]
+			if g == nil {
+				g = &netRow{row: top.Row{Prefix: p}}
+				s.groups[p] = g
+			}
+			g.row.Open += n.open
+		}
+	}
+	for _, g := range s.groups {
+		w := g.wait.Wait()
+		g.row.WaitP99, g.row.HasWait = w.P99, w.Count > 0
+		s.best.Offer(&g.row)
+	}
 }
 
 // maxNamedPorts: ports named on the command line get a row from the start

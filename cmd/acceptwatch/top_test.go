@@ -98,17 +98,20 @@ func dialFrom(src string, port int) error {
 // live table's source and model, drawn at 120x40: the busiest address first
 // with its exact counts, the port rows, the header's totals, connections
 // open now and a listener's queue now; then a newly busy address moves to
-// the top, and s sorts by ACCEPTED.
+// the top, s sorts by ACCEPTED, then by OPEN, and g shows the network.
 func TestTopFrames(t *testing.T) {
 	requireRoot(t)
 	srv := listen(t)
 	// A listener that never accepts: 127.0.0.5's connections stay in its
 	// queue, established (OPEN) and counted in BACKLOG_NOW.
 	_, held := rawListener(t, 16)
-	o := &options{waitThreshold: 100 * time.Millisecond, halfOpenThreshold: 10, maxAddresses: tracer.DefaultMaxAddresses,
-		top: 20, refresh: time.Second, portList: []uint16{uint16(srv.port), uint16(held)}}
-	o.portList, o.portNames, _ = parsePorts([]string{strconv.Itoa(srv.port), strconv.Itoa(held)})
-	tr, err := tracer.Open(tracer.Config{Attach: attachMode(), Ports: o.portList})
+	// Flood thresholds this small traffic reaches: 127.0.0.2 is a finding.
+	o, _, err := parseFlags([]string{"-o", "top", "--attach", attachMode(), "-port", fmt.Sprintf("%d,%d", srv.port, held),
+		"--flood-min", "10", "--flood-factor", "2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := tracer.Open(tracer.Config{Attach: o.attach, Ports: o.portList})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +121,7 @@ func TestTopFrames(t *testing.T) {
 	if l.now.err != nil {
 		t.Fatalf("no socket snapshot for OPEN: %v", l.now.err)
 	}
-	src := &topSource{t: tr, o: o, l: l, live: tr.Live(), now: l.now}
+	src := newTopSource(l)
 	m := top.New(src, top.Options{Mode: tr.Mode(), Ports: o.portsLabel(), Refresh: o.refresh, Start: tr.Started(), Styles: top.PlainStyles()})
 	m.Update(tea.WindowSizeMsg{Width: 120, Height: 40})
 
@@ -138,6 +141,10 @@ func TestTopFrames(t *testing.T) {
 	hdr := parseTable(t, screen, "ACCEPTS", regexp.MustCompile(`^(total|/s)$`))
 	if hdr.cell("total", "ACCEPTS") != "19" || hdr.cell("total", "HANDSHAKES") != "22" {
 		t.Errorf("header totals: %v", hdr.rows["total"])
+	}
+	// The findings compare each address with all the others.
+	if !regexp.MustCompile(`(?m)^finding: 127\.0\.0\.2: 12 .*far more than the other addresses`).MatchString(screen) {
+		t.Errorf("no flood finding for 127.0.0.2 (12 connections, the others 5, 2 and 0)")
 	}
 	ports := parseTable(t, screen, "PORT", portRe)
 	if got := ports.cell(strconv.Itoa(srv.port), "ACCEPTED"); got != "19" {
@@ -201,6 +208,22 @@ func TestTopFrames(t *testing.T) {
 	addrs = parseTable(t, screen, "REMOTE", addrRe)
 	if !strings.Contains(screen, "sort: OPEN") || len(addrs.order) == 0 || addrs.order[0] != "127.0.0.5" {
 		t.Errorf("sorted by OPEN: rows %v\n%s", addrs.order, screen)
+	}
+
+	// g: one row for 127.0.0.0/24 with the four addresses' sums.
+	_, redraw = m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("g")})
+	m.Update(redraw())
+	screen = m.View()
+	t.Logf("per network:\n%s", screen)
+	nets := parseTable(t, screen, "PREFIX", regexp.MustCompile(`/[0-9]+$`))
+	want24 := map[string]string{"ADDRS": "4", "ACCEPTED": "27", "HANDSHAKES": "30", "OPEN": "3"}
+	if len(nets.order) != 1 || nets.order[0] != "127.0.0.0/24" {
+		t.Fatalf("per network: rows %v", nets.order)
+	}
+	for col, v := range want24 {
+		if got := nets.cell("127.0.0.0/24", col); got != v {
+			t.Errorf("127.0.0.0/24: %s %q, want %s", col, got, v)
+		}
 	}
 }
 

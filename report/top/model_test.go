@@ -16,8 +16,8 @@ func TestSortKeyCyclesAvailableColumns(t *testing.T) {
 		got = append(got, m.sort.String())
 		m.key("s")
 	}
-	// Tracepoint mode: no SYNS; no snapshot: no OPEN. Back to the start.
-	want := "RATE/s ACCEPTED HANDSHAKES NOT_ACC SYNACK_RT WAIT_P99 LAST RATE/s ACCEPTED"
+	// No SYN counter, drop counter or snapshot: no SYNS, DROPS, OPEN. Round again.
+	want := "RATE/s ACCEPTED HANDSHAKES NOT_ACC SYNACK_RT WAIT_P99 LAST RATE/s ACCEPTED HANDSHAKES"
 	if strings.Join(got, " ") != want {
 		t.Errorf("s cycles %q, want %q", strings.Join(got, " "), want)
 	}

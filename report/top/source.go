@@ -24,11 +24,14 @@ type Source interface {
 // Caps are the optional data a source may have.
 type Caps struct {
 	Syns       bool   // SYNs per address and in total (the SYNS columns)
-	SynsWhy    string // why not, for the help screen: e.g. "tracepoint mode counts no SYNs"
+	SynsWhy    string // why not, for the help screen
+	Drops      bool   // connection attempts dropped for a full accept queue, per address and port (DROPS)
+	DropsWhat  string // which: "SYNs and final ACKs"
 	Open       bool   // connections open now per address (OPEN)
 	BacklogNow bool   // each listener's accept queue now (BACKLOG_NOW)
 	NowWhy     string // why neither, for the help screen
 	Group      bool   // rows per prefix (the g key)
+	GroupBy    string // the prefix lengths, for the help screen: "/24 and /64"
 }
 
 // Query is what the view asks for.
@@ -71,6 +74,7 @@ type Port struct {
 	Accepted      uint64
 	NotAccepted   uint64
 	SynackRetrans uint64
+	Drops         uint64 // with Caps.Drops
 	BacklogNow    uint32 // queued now over NowLimit: valid with Caps.BacklogNow and HasNow
 	NowLimit      uint32
 	HasNow        bool
@@ -92,6 +96,7 @@ type Row struct {
 	Handshakes    uint64
 	NotAccepted   uint64
 	SynackRetrans uint64
+	Drops         uint64 // valid with Caps.Drops
 	Open          uint64 // valid with Caps.Open
 	WaitP99       time.Duration
 	HasWait       bool
@@ -116,13 +121,14 @@ const (
 	ColHandshakes
 	ColNotAccepted
 	ColSynackRetrans
+	ColDrops
 	ColOpen
 	ColWaitP99
 	ColLast
 	numColumns
 )
 
-var columnNames = [numColumns]string{"RATE/s", "ACCEPTED", "SYNS", "HANDSHAKES", "NOT_ACC", "SYNACK_RT", "OPEN", "WAIT_P99", "LAST"}
+var columnNames = [numColumns]string{"RATE/s", "ACCEPTED", "SYNS", "HANDSHAKES", "NOT_ACC", "SYNACK_RT", "DROPS", "OPEN", "WAIT_P99", "LAST"}
 
 func (c Column) String() string {
 	if c < 0 || c >= numColumns {
@@ -136,6 +142,8 @@ func (c Column) available(caps Caps) bool {
 	switch c {
 	case ColSyns:
 		return caps.Syns
+	case ColDrops:
+		return caps.Drops
 	case ColOpen:
 		return caps.Open
 	}
@@ -173,6 +181,8 @@ func (r *Row) Key(c Column) (uint64, uint64) {
 		return r.NotAccepted, r.New
 	case ColSynackRetrans:
 		return r.SynackRetrans, r.New
+	case ColDrops:
+		return r.Drops, r.New
 	case ColOpen:
 		return r.Open, r.New
 	case ColWaitP99:

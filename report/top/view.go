@@ -191,12 +191,16 @@ func (m *Model) portLines(s *screen, w, maxRows int) []string {
 		{name: "ACCEPTED", keep: 8},
 		{name: "NOT_ACC", keep: 3},
 		{name: "SYNACK_RT", keep: 4},
+		{name: "DROPS", keep: 4},
 		{name: "BACKLOG_NOW", keep: 5},
 		{name: "BACKLOG_MAX", keep: 6},
 		{name: "WAIT_P99", keep: 7},
 	}
-	if !m.caps.BacklogNow {
+	if !m.caps.Drops {
 		cols[5].keep = 1
+	}
+	if !m.caps.BacklogNow {
+		cols[6].keep = 1
 	}
 	for _, p := range ports {
 		now, bmax, wait := "-", "-", "-"
@@ -209,8 +213,12 @@ func (m *Model) portLines(s *screen, w, maxRows int) []string {
 		if p.HasWait {
 			wait = report.FormatDuration(p.WaitP99)
 		}
+		drops := "-"
+		if m.caps.Drops {
+			drops = num(p.Drops)
+		}
 		cells := []string{strconv.Itoa(int(p.Port)), rateStr(s.port[p.Port]), num(p.Accepted), num(p.NotAccepted),
-			num(p.SynackRetrans), now, bmax, wait}
+			num(p.SynackRetrans), drops, now, bmax, wait}
 		for i := range cols {
 			cols[i].cells = append(cols[i].cells, cells[i])
 		}
@@ -232,9 +240,12 @@ func (m *Model) addressLines(f *Frame, w, room int) []string {
 		first = "PREFIX"
 	}
 	cols := []col{{name: first, left: true, keep: 100}}
+	if f.Grouped {
+		cols = append(cols, col{name: "ADDRS", keep: 97})
+	}
 	// What stays when the screen is narrow: the sort column, then these.
 	keep := [numColumns]int{ColRate: 99, ColAccepted: 9, ColSyns: 7, ColHandshakes: 2, ColNotAccepted: 3,
-		ColSynackRetrans: 8, ColOpen: 5, ColWaitP99: 6, ColLast: 4}
+		ColSynackRetrans: 8, ColDrops: 6, ColOpen: 5, ColWaitP99: 5, ColLast: 4}
 	for c := range numColumns {
 		k := keep[c]
 		if !c.available(m.caps) {
@@ -252,9 +263,12 @@ func (m *Model) addressLines(f *Frame, w, room int) []string {
 		if secs > 0 {
 			rate = float64(r.New) / secs
 		}
-		syns, open, wait, last := "-", "-", "-", "-"
+		syns, drops, open, wait, last := "-", "-", "-", "-", "-"
 		if m.caps.Syns {
 			syns = num(r.Syns)
+		}
+		if m.caps.Drops {
+			drops = num(r.Drops)
 		}
 		if m.caps.Open && f.NowKnown {
 			open = num(r.Open)
@@ -265,17 +279,21 @@ func (m *Model) addressLines(f *Frame, w, room int) []string {
 		if !r.Last.IsZero() {
 			last = ago(f.Time.Sub(r.Last))
 		}
-		label := r.Label()
+		cells := []string{r.Label()}
 		if f.Grouped {
-			label += fmt.Sprintf(" (%d)", r.Members)
+			cells = append(cells, strconv.Itoa(r.Members))
 		}
-		cells := []string{label, rateStr(rate), num(r.Accepted), syns, num(r.Handshakes), num(r.NotAccepted),
-			num(r.SynackRetrans), open, wait, last}
+		cells = append(cells, rateStr(rate), num(r.Accepted), syns, num(r.Handshakes), num(r.NotAccepted),
+			num(r.SynackRetrans), drops, open, wait, last)
 		for j := range cols {
 			cols[j].cells = append(cols[j].cells, cells[j])
 		}
 	}
-	lines := m.table(cols, w, 1+int(m.sort))
+	sorted := 1 + int(m.sort)
+	if f.Grouped {
+		sorted++
+	}
+	lines := m.table(cols, w, sorted)
 	if len(rows) == 0 && room >= 2 {
 		lines = append(lines, "no connections yet")
 	}
@@ -336,14 +354,15 @@ func pad(s string, w int) string {
 }
 
 func (m *Model) helpLines() []string {
-	na := func(ok bool, what, why string) string {
+	// na describes a key or column: what it shows, or what it would and why not.
+	na := func(ok bool, what, wouldBe, why string) string {
 		if ok {
 			return what
 		}
 		if why == "" {
 			why = "not available"
 		}
-		return what + " (" + why + ")"
+		return wouldBe + " (" + why + ")"
 	}
 	return []string{
 		"",
@@ -351,17 +370,18 @@ func (m *Model) helpLines() []string {
 		"  q, Ctrl-C   quit: the terminal is restored and the summary printed",
 		"  s, S        sort by the next (previous) column; the key line names it",
 		"  p, Space    pause the display; counting goes on",
-		"  g           " + na(m.caps.Group, "rows per prefix / per address", "not available in this build"),
+		"  g           " + na(m.caps.Group, "rows per network ("+m.caps.GroupBy+", --prefix) or per address", "rows per network", ""),
 		"  ?, Esc      this help",
 		"",
 		"columns: counts since the start; RATE/s over the last refresh",
 		"  RATE/s      accepts per second",
 		"  ACCEPTED    connections taken by accept()",
-		"  SYNS        " + na(m.caps.Syns, "SYNs that reached a listener", m.caps.SynsWhy),
+		"  SYNS        " + na(m.caps.Syns, "SYNs that reached a listener", "SYNs that reached a listener", m.caps.SynsWhy),
 		"  HANDSHAKES  completed TCP handshakes",
 		"  NOT_ACC     handshake completed, closed before any accept()",
 		"  SYNACK_RT   SYN-ACKs resent: handshakes the client did not finish",
-		"  OPEN        " + na(m.caps.Open, "connections established now (socket snapshot)", m.caps.NowWhy),
+		"  DROPS       " + na(m.caps.Drops, m.caps.DropsWhat+" dropped: accept queue full", "dropped for a full accept queue", "not per address on this kernel"),
+		"  OPEN        " + na(m.caps.Open, "connections established now (socket snapshot)", "connections established now", m.caps.NowWhy),
 		"  WAIT_P99    queue wait (handshake to accept) p99",
 		"  LAST        last seen, how long ago",
 		"  OVERFLOWS   TcpExt ListenOverflows, all ports of this network namespace",

@@ -142,7 +142,8 @@ func checkGolden(t *testing.T, name, got string) {
 }
 
 var allCaps = Caps{Syns: true}
-var snapshotCaps = Caps{Syns: true, Open: true, BacklogNow: true}
+var fullCaps = Caps{Syns: true, Drops: true, DropsWhat: "SYNs and final ACKs", Open: true, BacklogNow: true,
+	Group: true, GroupBy: "/24 and /64"}
 var tracepointCaps = Caps{SynsWhy: "no SYN hook in tracepoint mode"}
 
 func TestGolden(t *testing.T) {
@@ -153,8 +154,10 @@ func TestGolden(t *testing.T) {
 		keys string
 	}{
 		{"80x24", allCaps, 80, 24, ""},
-		{"snapshot_120x40", snapshotCaps, 120, 40, ""},
-		{"snapshot_sorted_open_120x40", snapshotCaps, 120, 40, "ssssss"},
+		{"full_120x40", fullCaps, 120, 40, ""},
+		{"full_80x24", fullCaps, 80, 24, ""},
+		{"full_sorted_open_120x40", fullCaps, 120, 40, "sssssss"},
+		{"full_help_80x24", fullCaps, 80, 24, "?"},
 		{"120x40", allCaps, 120, 40, ""},
 		{"200x50", allCaps, 200, 50, ""},
 		{"tracepoint_80x24", tracepointCaps, 80, 24, ""},
@@ -169,6 +172,9 @@ func TestGolden(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := loaded(tc.caps, tc.w, tc.h)
+			if tc.caps == fullCaps {
+				addDrops(m)
+			}
 			for _, k := range tc.keys {
 				m.key(string(k))
 			}
@@ -279,4 +285,34 @@ func TestColorsFollowNoColor(t *testing.T) {
 	}
 	checkWellFormed(t, withColour, 120, 40)
 	checkWellFormed(t, mono, 120, 40)
+}
+
+// addDrops gives the loaded frame's rows and ports some accept-queue drops.
+func addDrops(m *Model) {
+	f := m.cur.frame
+	f.Rows[0].Drops, f.Rows[3].Drops = 12, 40
+	f.Ports[0].Drops = 52
+}
+
+// Rows per network: the first column is the prefix, then its addresses.
+func TestGoldenGrouped(t *testing.T) {
+	_, b := sampleFrames()
+	g := *b
+	g.Grouped = true
+	g.Rows = []Row{
+		{Prefix: netip.MustParsePrefix("203.0.113.0/24"), Members: 3, New: 885, Accepted: 1750, Syns: 1760, Handshakes: 1752, Open: 43, Drops: 12, WaitP99: 120 * time.Millisecond, HasWait: true, Last: t0.Add(11 * time.Second)},
+		{Prefix: netip.MustParsePrefix("2001:db8:aaaa:bbbb::/64"), Members: 1, New: 15, Accepted: 150, Syns: 150, Handshakes: 150, WaitP99: 30 * time.Microsecond, HasWait: true, Last: t0.Add(10500 * time.Millisecond)},
+	}
+	a, _ := sampleFrames()
+	m := testModel(fullCaps, PlainStyles(), a, &g)
+	size(m, 120, 40)
+	step(m, m.Init())
+	m.Update(frameMsg{f: mustRefresh(m, true), advance: true})
+	got := m.View()
+	checkWellFormed(t, got, 120, 40)
+	checkGolden(t, "grouped_120x40", got+"\n")
+	for _, w := range []int{80, 60} {
+		size(m, w, 24)
+		checkWellFormed(t, m.View(), w, 24)
+	}
 }
