@@ -361,6 +361,10 @@ func (t *Tracer) DropCounters() []string {
 	return t.extras.drops
 }
 
+// Started is when every program was attached: the start of the first window
+// and of the whole run's summary.
+func (t *Tracer) Started() time.Time { return t.start }
+
 // Close detaches and unloads every program and map. It is safe to call twice.
 func (t *Tracer) Close() error {
 	var errs []error

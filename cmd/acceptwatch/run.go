@@ -118,8 +118,10 @@ type loop struct {
 }
 
 func (l *loop) run(ctx context.Context) error {
+	// Limits count from when the programs were attached: that is the
+	// summary's start, so a --duration 2s run reports 2.0s.
 	var deadline, nextWindow time.Time
-	start := time.Now()
+	start := l.t.Started()
 	if l.o.duration > 0 {
 		deadline = start.Add(l.o.duration)
 	}
@@ -128,19 +130,34 @@ func (l *loop) run(ctx context.Context) error {
 	}
 	var ev report.Event
 	var seen uint64
-	wait := tracer.PollInterval
 	stopping := false
 	for {
-		if !stopping && (ctx.Err() != nil || (!deadline.IsZero() && !time.Now().Before(deadline))) {
-			// Print what is already queued, then end.
-			stopping, wait = true, 0
-		}
 		now := time.Now()
-		if !nextWindow.IsZero() && !now.Before(nextWindow) {
+		if !stopping && (ctx.Err() != nil || (!deadline.IsZero() && !now.Before(deadline))) {
+			// Print what is already queued, then end.
+			stopping = true
+		}
+		if !nextWindow.IsZero() && !now.Before(nextWindow) && !stopping {
 			if err := l.summary(false); err != nil {
 				return err
 			}
-			nextWindow = nextWindow.Add(l.o.interval)
+			// A summary that took longer than a window skips the windows
+			// it covered rather than printing empty ones back to back.
+			for !nextWindow.After(time.Now()) {
+				nextWindow = nextWindow.Add(l.o.interval)
+			}
+		}
+		// Wake for the next window or the deadline on time, not up to a
+		// poll interval late.
+		wait := tracer.PollInterval
+		if stopping {
+			wait = 0
+		} else {
+			for _, t := range []time.Time{deadline, nextWindow} {
+				if !t.IsZero() {
+					wait = max(0, min(wait, time.Until(t)))
+				}
+			}
 		}
 		ok, err := l.t.Read(&ev, wait)
 		if err != nil {
@@ -261,11 +278,32 @@ func version() string {
 	if !ok {
 		return "(unknown)"
 	}
-	v := bi.Main.Version
+	return versionOf(bi)
+}
+
+// versionOf names the module version and the commit the binary was built
+// from, with "dirty" when the work tree had changes. Go records the commit
+// only when it builds from a git clone with VCS stamping on (go build's
+// default; GOFLAGS=-buildvcs=false or a go test binary turn it off).
+func versionOf(bi *debug.BuildInfo) string {
+	vcs := map[string]string{}
 	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-			v += " " + s.Value[:12]
-		}
+		vcs[s.Key] = s.Value
 	}
-	return v
+	v := bi.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
+	rev := vcs["vcs.revision"]
+	if rev == "" {
+		return v + " (no commit recorded: build from a git clone with go build -buildvcs=true)"
+	}
+	rev = rev[:min(len(rev), 12)]
+	if vcs["vcs.modified"] == "true" {
+		rev += " dirty"
+	}
+	if t := vcs["vcs.time"]; t != "" {
+		rev += ", " + t
+	}
+	return v + " (commit " + rev + ")"
 }
