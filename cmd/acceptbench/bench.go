@@ -29,6 +29,7 @@ type bench struct {
 	log     io.Writer
 	targets *table
 	notes   []string
+	extra   []*table // more tables of the section that just ran
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -59,7 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	started := time.Now()
 	load0 := loadAvg()
 	parts := map[string]func() (*table, error){
-		"startup": b.startup, "kernel": b.kernel, "throughput": b.throughput, "scale": b.scale,
+		"startup": b.startup, "cpu": b.cpu, "cpu-vm": b.cpuVM, "kernel": b.kernel, "throughput": b.throughput, "scale": b.scale,
 		"snapshot": b.snapshot,
 	}
 	var tables []*table
@@ -76,6 +77,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		tables = append(tables, t)
+		tables = append(tables, b.extra...)
+		b.extra = nil
+	}
+	if o.tablesJSON {
+		for _, t := range tables {
+			fmt.Fprintln(stdout, t.jsonLine())
+		}
+		return nil
 	}
 	tables = append(tables, b.targets)
 	b.notes = append(b.notes, fmt.Sprintf("benchmark took %s; load average %s at start, %s at end; acceptwatch programs of other processes loaded at the end: %d",
@@ -162,7 +171,7 @@ func loadAvg() string {
 func (b *bench) startup() (*table, error) {
 	t := &table{
 		title:  fmt.Sprintf("Start-up: exec to %q on stderr, %d starts per attach setting", readyLine, b.o.starts),
-		header: []string{"--attach", "median", "min", "max"},
+		header: []string{"tracer", "median", "min", "max"},
 	}
 	for _, mode := range []string{"auto", "tracepoint"} {
 		var ds []time.Duration
@@ -178,12 +187,32 @@ func (b *bench) startup() (*table, error) {
 		}
 		slices.Sort(ds)
 		med := median(ds)
-		t.add(mode, ms(med), ms(ds[0]), ms(ds[len(ds)-1]))
+		t.add("acceptwatch --attach "+mode, ms(med), ms(ds[0]), ms(ds[len(ds)-1]))
 		b.logf("start-up with --attach %s: median %s", mode, ms(med))
 		if mode == "auto" {
 			b.target("start-up median ≤ 50 ms (--attach auto)", ms(med), med <= 50*time.Millisecond)
 		}
 	}
+	// The peer: exec to the script's BEGIN line, printed once every probe
+	// is attached (bpftrace compiles the script with LLVM first).
+	if _, err := b.findBpftrace(); err != nil {
+		t.add("bpftrace script", "not run: "+oneLine(err.Error()), "", "")
+		return t, nil
+	}
+	var ds []time.Duration
+	for range min(b.o.starts, 10) {
+		r, err := b.startBpftrace(1)
+		if err != nil {
+			return nil, err
+		}
+		ds = append(ds, r.startup)
+		if err := r.finish(); err != nil {
+			return nil, err
+		}
+	}
+	slices.Sort(ds)
+	t.add(fmt.Sprintf("bpftrace script (%d starts)", len(ds)), ms(median(ds)), ms(ds[0]), ms(ds[len(ds)-1]))
+	t.notes = append(t.notes, "bpftrace: exec of bpftrace cmd/acceptbench/testdata/accept.bt to its BEGIN line, which bpftrace runs once every probe is attached")
 	return t, nil
 }
 
@@ -218,7 +247,7 @@ func (b *bench) kernel() (*table, error) {
 				t.notes = append(t.notes, mode+" not available: "+unavailable(err))
 				break
 			}
-			r := storm(srv, b.o.clients, fewSources(b.o.sources), b.o.round, 0, nil)
+			r := storm(srv, b.o.clients, fewSources(b.o.sources), 0, b.o.round, 0, nil)
 			ps, err := progStats(w.cmd.Process.Pid)
 			srv.close()
 			if _, err2 := w.stop(); err == nil {
@@ -377,7 +406,7 @@ func (b *bench) round(m *throughputMode, with bool) (stormResult, error) {
 	src := fewSources(b.o.sources)
 	m.rounds++
 	if !with || m.target == 0 {
-		r := storm(srv, b.o.clients, src, b.o.round, 0, nil)
+		r := storm(srv, b.o.clients, src, 0, b.o.round, 0, nil)
 		m.foreign = max(m.foreign, foreignPrograms(0))
 		srv.close()
 		m.failed += int(r.failed)
@@ -388,7 +417,7 @@ func (b *bench) round(m *throughputMode, with bool) (stormResult, error) {
 		srv.close()
 		return stormResult{}, err
 	}
-	r := storm(srv, b.o.clients, src, b.o.round, 0, w.cpuTime)
+	r := storm(srv, b.o.clients, src, 0, b.o.round, 0, w.cpuTime)
 	awCPU := w.cpuTime()
 	m.foreign = max(m.foreign, foreignPrograms(w.cmd.Process.Pid))
 	perAddr := srv.close()
@@ -462,7 +491,7 @@ func (b *bench) scale() (*table, error) {
 			return nil, err
 		}
 		b.logf("scale: %d addresses, --max-addresses %d: started", b.o.scale, capacity)
-		r := storm(srv, b.o.clients, distinctSources, 10*time.Minute, b.o.scale, nil)
+		r := storm(srv, b.o.clients, distinctSources, 0, 10*time.Minute, b.o.scale, nil)
 		pid := w.cmd.Process.Pid
 		hwm := w.statusKB("VmHWM")
 		kmem := mapMemlock(pid, "aw_addrs")
