@@ -128,7 +128,7 @@ func (t *textWriter) Summary(s Summary) error {
 				bl = fmt.Sprintf("%d/%d", p.BacklogMax, p.BacklogLimit)
 			}
 			pt.add(keep([]string{strconv.Itoa(int(p.Port)), num(p.Accepted), num(p.Syns), num(p.Drops), num(p.NotAccepted),
-				num(p.SynackRetrans), bl, dur(p.Wait.P50, p.Wait.Count), dur(p.Wait.P99, p.Wait.Count), dur(p.Wait.Max, p.Wait.Count)})...)
+				num(p.SynackRetrans), bl, quant(p.Wait.P50, p.Wait.Count), quant(p.Wait.P99, p.Wait.Count), dur(p.Wait.Max, p.Wait.Count)})...)
 		}
 		pt.write(b)
 	}
@@ -230,7 +230,7 @@ func writeRows(b *bytes.Buffer, s *Summary, top int, loc *time.Location) {
 	tb := table{align: strings.Join(cut(strings.Split(align, "")), "")}
 	tb.add(cut(head)...)
 	for _, r := range rows {
-		p50, p99 := dur(r.Wait.P50, r.Wait.Count), dur(r.Wait.P99, r.Wait.Count)
+		p50, p99 := quant(r.Wait.P50, r.Wait.Count), quant(r.Wait.P99, r.Wait.Count)
 		if s.GroupByPrefix {
 			p50, p99 = "-", "-" // not kept per network
 		}
@@ -271,6 +271,40 @@ func dur(d time.Duration, count uint64) string {
 		return "-"
 	}
 	return FormatDuration(d)
+}
+
+// quant prints a percentile; "-" when no wait was measured.
+func quant(q Quantile, count uint64) string {
+	if count == 0 {
+		return "-"
+	}
+	return FormatQuantile(q)
+}
+
+// FormatQuantile prints a percentile no more precisely than it is known:
+// one number when that is within 5 % of the truth, else its range, as
+// "8–9µs" or "262–524ms".
+func FormatQuantile(q Quantile) string {
+	if q.Precise() {
+		return FormatDuration(q.Est())
+	}
+	lo, hi := FormatDuration(q.Lo), FormatDuration(q.Hi)
+	switch {
+	case lo == hi:
+		return lo
+	case q.Hi <= time.Microsecond:
+		return "≤1µs"
+	case q.Lo < time.Microsecond:
+		lo = "0µs"
+	}
+	// One unit for both ends when they share it.
+	for _, unit := range []string{"µs", "ms", "s"} {
+		if strings.HasSuffix(lo, unit) && strings.HasSuffix(hi, unit) && !strings.HasPrefix(lo, "<") &&
+			strings.TrimRight(strings.TrimSuffix(lo, unit), "0123456789.") == "" {
+			return strings.TrimSuffix(lo, unit) + "–" + hi
+		}
+	}
+	return lo + "–" + hi
 }
 
 // FormatDuration prints d with three significant digits at most: 850µs,

@@ -24,6 +24,7 @@ type acceptwatchAddrStats struct {
 	Handshakes    uint64
 	LastNs        uint64
 	WaitMaxNs     uint64
+	WaitMinNs     uint64
 	Window        uint32
 	Drops         uint32
 	FirstNs       uint64
@@ -32,7 +33,7 @@ type acceptwatchAddrStats struct {
 	Gone          uint64
 	SynackRetrans uint64
 	Syns          uint64
-	WaitHist      [32]uint32
+	WaitHist      [30]uint32
 }
 
 type acceptwatchEvent struct {
@@ -83,9 +84,10 @@ type acceptwatchPortStats struct {
 	Syns          uint64
 	Drops         uint64
 	WaitMaxNs     uint64
+	WaitMinNs     uint64
 	BacklogMax    uint32
 	BacklogLimit  uint32
-	WaitHist      [32]uint32
+	WaitHist      [528]uint32
 }
 
 type acceptwatchStat uint32
@@ -109,6 +111,7 @@ const (
 	acceptwatchMapAwListeners          = "aw_listeners"
 	acceptwatchMapAwLports             = "aw_lports"
 	acceptwatchMapAwPending            = "aw_pending"
+	acceptwatchMapAwPortZero           = "aw_port_zero"
 	acceptwatchMapAwPorts              = "aw_ports"
 	acceptwatchMapAwStats              = "aw_stats"
 	acceptwatchProgAwDestroy           = "aw_destroy"
@@ -206,6 +209,7 @@ type acceptwatchMapSpecs struct {
 	AwListeners *ebpf.MapSpec `ebpf:"aw_listeners"`
 	AwLports    *ebpf.MapSpec `ebpf:"aw_lports"`
 	AwPending   *ebpf.MapSpec `ebpf:"aw_pending"`
+	AwPortZero  *ebpf.MapSpec `ebpf:"aw_port_zero"`
 	AwPorts     *ebpf.MapSpec `ebpf:"aw_ports"`
 	AwStats     *ebpf.MapSpec `ebpf:"aw_stats"`
 }
@@ -253,6 +257,7 @@ type acceptwatchMaps struct {
 	AwListeners *ebpf.Map `ebpf:"aw_listeners"`
 	AwLports    *ebpf.Map `ebpf:"aw_lports"`
 	AwPending   *ebpf.Map `ebpf:"aw_pending"`
+	AwPortZero  *ebpf.Map `ebpf:"aw_port_zero"`
 	AwPorts     *ebpf.Map `ebpf:"aw_ports"`
 	AwStats     *ebpf.Map `ebpf:"aw_stats"`
 }
@@ -264,6 +269,7 @@ func (m *acceptwatchMaps) Close() error {
 		m.AwListeners,
 		m.AwLports,
 		m.AwPending,
+		m.AwPortZero,
 		m.AwPorts,
 		m.AwStats,
 	)

@@ -427,18 +427,19 @@ type jsonSummary struct {
 		QueueWait    jsonWaits `json:"queue_wait"`
 	} `json:"listeners"`
 	Addresses []struct {
-		Addr          string  `json:"addr"`
-		Accepted      uint64  `json:"accepted"`
-		Handshakes    uint64  `json:"handshakes"`
-		First         *string `json:"first"`
-		Last          *string `json:"last"`
-		NotAccepted   uint64  `json:"not_accepted"`
-		ClientGone    uint64  `json:"client_gone"`
-		SynackRetrans uint64  `json:"synack_retrans"`
-		Syns          *uint64 `json:"syns"`
-		Open          *uint64 `json:"open"`
-		SynRecv       *uint64 `json:"syn_recv"`
-		Drops         *uint64 `json:"drops"`
+		Addr          string    `json:"addr"`
+		Accepted      uint64    `json:"accepted"`
+		Handshakes    uint64    `json:"handshakes"`
+		First         *string   `json:"first"`
+		Last          *string   `json:"last"`
+		NotAccepted   uint64    `json:"not_accepted"`
+		ClientGone    uint64    `json:"client_gone"`
+		SynackRetrans uint64    `json:"synack_retrans"`
+		Syns          *uint64   `json:"syns"`
+		Open          *uint64   `json:"open"`
+		SynRecv       *uint64   `json:"syn_recv"`
+		Drops         *uint64   `json:"drops"`
+		QueueWait     jsonWaits `json:"queue_wait"`
 	} `json:"addresses"`
 	PrefixLen []int `json:"prefix_len"`
 	Prefixes  []struct {
@@ -469,10 +470,13 @@ func (s jsonSummary) addr(a string) (row struct {
 }
 
 type jsonWaits struct {
-	Count uint64 `json:"count"`
-	P50   *int64 `json:"p50_us"`
-	P99   *int64 `json:"p99_us"`
-	Max   *int64 `json:"max_us"`
+	Count    uint64    `json:"count"`
+	P50      *int64    `json:"p50_us"`
+	P99      *int64    `json:"p99_us"`
+	P50Range *[2]int64 `json:"p50_range_us"`
+	P99Range *[2]int64 `json:"p99_range_us"`
+	Min      *int64    `json:"min_us"`
+	Max      *int64    `json:"max_us"`
 }
 
 func parseJSON(t *testing.T, out string) (events []jsonEvent, summaries []jsonSummary) {

@@ -138,14 +138,13 @@ func (l *loop) run(ctx context.Context) error {
 			stopping = true
 		}
 		if !nextWindow.IsZero() && !now.Before(nextWindow) && !stopping {
-			if err := l.summary(false); err != nil {
+			end, err := l.summary(false)
+			if err != nil {
 				return err
 			}
-			// A summary that took longer than a window skips the windows
-			// it covered rather than printing empty ones back to back.
-			for !nextWindow.After(time.Now()) {
-				nextWindow = nextWindow.Add(l.o.interval)
-			}
+			// The next window is as long as asked from when this one
+			// ended (its counters were read), however late that was.
+			nextWindow = end.Add(l.o.interval)
 		}
 		// Wake for the next window or the deadline on time, not up to a
 		// poll interval late.
@@ -184,14 +183,17 @@ func (l *loop) run(ctx context.Context) error {
 		}
 	}
 	if l.o.interval > 0 {
-		if err := l.summary(false); err != nil {
+		if _, err := l.summary(false); err != nil {
 			return err
 		}
 	}
-	return l.summary(true)
+	_, err := l.summary(true)
+	return err
 }
 
-func (l *loop) summary(final bool) error {
+// summary prints the whole run's summary or the current window's and
+// returns its end.
+func (l *loop) summary(final bool) (time.Time, error) {
 	var c tracer.Counts
 	var err error
 	if final {
@@ -200,7 +202,7 @@ func (l *loop) summary(final bool) error {
 		c, err = l.t.Window()
 	}
 	if err != nil {
-		return err
+		return c.End, err
 	}
 	s := report.Summary{
 		Start:              c.Start,
@@ -244,11 +246,11 @@ func (l *loop) summary(final bool) error {
 	// Saved even when stdout has gone (| head): the counts are complete.
 	if final && l.o.saveBaseline != "" {
 		if serr := baseline.FromSummary(s).Save(l.o.saveBaseline); serr != nil {
-			return serr
+			return c.End, serr
 		}
 		fmt.Fprintf(l.stderr, "acceptwatch: baseline saved to %s\n", l.o.saveBaseline)
 	}
-	return err
+	return c.End, err
 }
 
 // checkPrivileges fails early, with the capabilities named, when the
