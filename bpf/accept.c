@@ -197,6 +197,54 @@ int aw_tp_accept(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
+/* From 6.2 the bpf_rdonly_cast() kfunc turns a kernel address into a BTF
+ * pointer, whose fields load directly (the JIT makes them fault-safe loads)
+ * where every step above costs a bpf_probe_read_kernel() call: 13 calls per
+ * accept become 2 (the fd table slots, which are not structs). */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+#define CAST(type, p) ((type *)bpf_rdonly_cast((void *)(p), bpf_core_type_id_kernel(type)))
+
+static __always_inline struct sock *fd_sock_btf(struct file **fds, unsigned int max_fds, long fd)
+{
+	struct file *file = NULL;
+
+	if (fd < 0 || fd >= max_fds)
+		return NULL;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return NULL;
+	struct socket *sock = CAST(struct socket, CAST(struct file, file)->private_data);
+	struct sock *sk = sock->sk;
+
+	if (!sk)
+		return NULL;
+	__u16 protocol = sk->sk_protocol;
+
+	if (protocol == IPPROTO_TCP)
+		return sk;
+	if (protocol == IPPROTO_MPTCP && bpf_core_type_exists(struct mptcp_sock) &&
+	    bpf_core_field_exists(((struct mptcp_sock *)0)->first))
+		return CAST(struct mptcp_sock, sk)->first;
+	return NULL;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int aw_tp_accept_btf(struct trace_event_raw_sys_exit *ctx)
+{
+	long fd = ctx->ret;
+
+	if (fd < 0)
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pt_regs___kernel *regs = (struct pt_regs___kernel *)bpf_task_pt_regs(task);
+	struct fdtable *fdt = task->files->fdt;
+	struct file **fds = fdt->fd;
+	unsigned int max_fds = fdt->max_fds;
+
+	handle_accept(true, true, fd_sock_btf(fds, max_fds, fd), fd_sock_btf(fds, max_fds, regs->di));
+	return 0;
+}
+
 /* The same for older kernels: the listening descriptor is kept from the
  * syscall's entry, by thread. */
 static __always_inline struct sock *current_fd_sock(long fd)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -486,6 +487,44 @@ func TestFormatQuantile(t *testing.T) {
 	} {
 		if got := FormatQuantile(tc.q); got != tc.want {
 			t.Errorf("FormatQuantile(%v–%v) = %q, want %q", tc.q.Lo, tc.q.Hi, got, tc.want)
+		}
+	}
+}
+
+// Live lines are written once per connection: what one costs.
+func BenchmarkEvent(b *testing.B) {
+	e := Event{Time: time.Now(), PID: 1234, Comm: "nginx", LocalAddr: netip.MustParseAddr("127.0.0.1"), LocalPort: 8080,
+		RemoteAddr: netip.MustParseAddr("127.0.1.7"), RemotePort: 51234, QueueWait: 7 * time.Microsecond, HasWait: true,
+		Backlog: 2, BacklogMax: 4096, HasBacklog: true, State: "ESTABLISHED"}
+	for name, w := range map[string]Writer{
+		"text": NewText(io.Discard, TextOptions{}),
+		"json": NewJSON(io.Discard),
+	} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := w.Event(e); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func TestFormatDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		999 * time.Nanosecond:     "<1µs",
+		8 * time.Microsecond:      "8µs",
+		999 * time.Microsecond:    "999µs",
+		12345 * time.Microsecond:  "12.3ms",
+		999400 * time.Microsecond: "999ms",
+		999600 * time.Microsecond: "1s", // not 1e+03ms
+		2050 * time.Millisecond:   "2.05s",
+		999600 * time.Millisecond: "1000s", // not 1e+03s
+		3 * time.Hour:             "10800s",
+	} {
+		if got := FormatDuration(d); got != want {
+			t.Errorf("FormatDuration(%v) = %q, want %q", d, got, want)
 		}
 	}
 }

@@ -126,6 +126,7 @@ const (
 	acceptwatchProgAwSynSkb            = "aw_syn_skb"
 	acceptwatchProgAwSynack            = "aw_synack"
 	acceptwatchProgAwTpAccept          = "aw_tp_accept"
+	acceptwatchProgAwTpAcceptBtf       = "aw_tp_accept_btf"
 	acceptwatchProgAwTpAcceptOld       = "aw_tp_accept_old"
 	acceptwatchProgAwTpEnterOld        = "aw_tp_enter_old"
 	acceptwatchVarEmitEvents           = "emit_events"
@@ -196,6 +197,7 @@ type acceptwatchProgramSpecs struct {
 	AwSynSkb       *ebpf.ProgramSpec `ebpf:"aw_syn_skb"`
 	AwSynack       *ebpf.ProgramSpec `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.ProgramSpec `ebpf:"aw_tp_accept"`
+	AwTpAcceptBtf  *ebpf.ProgramSpec `ebpf:"aw_tp_accept_btf"`
 	AwTpAcceptOld  *ebpf.ProgramSpec `ebpf:"aw_tp_accept_old"`
 	AwTpEnterOld   *ebpf.ProgramSpec `ebpf:"aw_tp_enter_old"`
 }
@@ -309,6 +311,7 @@ type acceptwatchPrograms struct {
 	AwSynSkb       *ebpf.Program `ebpf:"aw_syn_skb"`
 	AwSynack       *ebpf.Program `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.Program `ebpf:"aw_tp_accept"`
+	AwTpAcceptBtf  *ebpf.Program `ebpf:"aw_tp_accept_btf"`
 	AwTpAcceptOld  *ebpf.Program `ebpf:"aw_tp_accept_old"`
 	AwTpEnterOld   *ebpf.Program `ebpf:"aw_tp_enter_old"`
 }
@@ -327,6 +330,7 @@ func (p *acceptwatchPrograms) Close() error {
 		p.AwSynSkb,
 		p.AwSynack,
 		p.AwTpAccept,
+		p.AwTpAcceptBtf,
 		p.AwTpAcceptOld,
 		p.AwTpEnterOld,
 	)

@@ -50,12 +50,18 @@ func (b *bench) cpuRows() []*cpuRow {
 	hooks, err := hooksOf(b.o.attachMode())
 	if err != nil {
 		rows = append(rows, &cpuRow{name: "empty programs", skip: err.Error()})
+	} else {
+		for _, h := range hooks {
+			rows = append(rows, emptyRow("empty:"+h.name, "empty program on "+h.name, []hook{h}))
+		}
+		rows = append(rows, emptyRow("empty:all", "empty programs on all of these hooks", hooks))
+	}
+	if b.o.cpuRows == "" {
 		return rows
 	}
-	for _, h := range hooks {
-		rows = append(rows, emptyRow("empty:"+h.name, "empty program on "+h.name, []hook{h}))
-	}
-	return append(rows, emptyRow("empty:all", "empty programs on all of these hooks", hooks))
+	// "nothing traced" always runs: every other row is measured against it.
+	keep := strings.Split("none,"+b.o.cpuRows, ",")
+	return slices.DeleteFunc(rows, func(r *cpuRow) bool { return !slices.Contains(keep, r.id) })
 }
 
 // awRow runs acceptwatch with args on the round's port.

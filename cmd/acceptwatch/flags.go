@@ -42,6 +42,7 @@ type options struct {
 	saveBaseline      string
 	baselineFactor    float64
 	readyFile         string // test hook: written once tracing has started
+	cpuProfile        string // profiling hook: pprof CPU profile of the whole run
 	snapshot          snapshotOptions
 
 	pidSet    bool             // --pid was given (0 is then an error)
@@ -113,6 +114,8 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help")
 	fs.StringVar(&o.readyFile, "ready-file", "", "create this file once tracing has started")
 	_ = fs.MarkHidden("ready-file")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a pprof CPU profile of the run to this file")
+	_ = fs.MarkHidden("cpuprofile")
 	return fs
 }
 
