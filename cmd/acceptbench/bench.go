@@ -30,6 +30,9 @@ type bench struct {
 	targets *table
 	notes   []string
 	extra   []*table // more tables of the section that just ran
+	// The cpu section's "× nothing traced" (own CPU) per row id, when it
+	// ran on this host: cpu-vm compares its tracepoint VM with it.
+	hostRatio map[string]float64
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

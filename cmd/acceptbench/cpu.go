@@ -191,6 +191,12 @@ func (b *bench) cpu() (*table, error) {
 			100*medianF(others), 100*slices.Min(others), 100*slices.Max(others)),
 		"tracer process = CPU time of the acceptwatch or bpftrace process over the storm (its user space and its own syscalls); empty programs are held by the bench process and run in the traced threads",
 		"conn/s is secondary: on a shared 2-core machine it moves with other work, while CPU per connection barely does")
+	b.hostRatio = map[string]float64{}
+	for _, r := range rows {
+		if r.skip == "" {
+			b.hostRatio[r.id] = medianF(r.own) / medianF(none.own)
+		}
+	}
 	b.cpuTargets(byID)
 	if err := b.attribution(t, byID); err != nil {
 		return nil, err

@@ -50,6 +50,7 @@ func (b *bench) cpuVM() (*table, error) {
 			b.o.vmKernel, b.o.vmRounds),
 		header: []string{"--attach", "nothing traced µs/conn", "acceptwatch -q", "live lines", "-o json live lines", "empty programs on all hooks", "VM time"},
 	}
+	vmTracepoint := map[string]string{} // row name -> ratio in the tracepoint VM
 	for _, mode := range strings.Split(b.o.vmModes, ",") {
 		mode = strings.TrimSpace(mode)
 		b.logf("cpu-vm: --attach %s in QEMU (%s)", mode, b.o.vmKernel)
@@ -75,9 +76,23 @@ func (b *bench) cpuVM() (*table, error) {
 			if strings.HasPrefix(t.title, "CPU per connection") {
 				t.title = fmt.Sprintf("In QEMU (Linux %s, TCG): %s", b.o.vmKernel, t.title)
 				b.extra = append(b.extra, t)
+				if mode == "tracepoint" {
+					vmTracepoint = ratioColumn(t)
+				}
 				sum.rows = append(sum.rows, append(append([]string{mode}, vmRatios(t)...), time.Since(started).Round(time.Second).String()))
 			}
 		}
+	}
+	if len(vmTracepoint) > 0 && b.hostRatio != nil && b.o.attachMode() == "tracepoint" {
+		var cmp []string
+		for _, id := range []string{"quiet", "live", "json", "empty:all"} {
+			for _, r := range b.cpuRows() {
+				if r.id == id && vmTracepoint[r.name] != "" && b.hostRatio[id] > 0 {
+					cmp = append(cmp, fmt.Sprintf("%s %.3f on this host, %s in QEMU", r.name, b.hostRatio[id], vmTracepoint[r.name]))
+				}
+			}
+		}
+		sum.notes = append(sum.notes, "how far emulation can be trusted, tracepoint mode against this host's cpu section (× nothing traced): "+strings.Join(cmp, "; "))
 	}
 	sum.notes = append(sum.notes,
 		"each VM: the vmtest harness (2 vCPUs, 1 GiB, single-threaded TCG: both vCPUs share one host thread), the same storm and rows as on the host; the full tables follow",
@@ -87,28 +102,40 @@ func (b *bench) cpuVM() (*table, error) {
 	return sum, nil
 }
 
-// vmRatios picks the "× nothing traced" column of the rows the summary shows.
-func vmRatios(t *table) []string {
-	ratio, own := slices.Index(t.header, "× nothing traced (own)"), slices.Index(t.header, "own µs/conn")
-	col := map[string]string{}
-	var none string
+// ratioColumn maps row names to their "× nothing traced" cell.
+func ratioColumn(t *table) map[string]string {
+	i := slices.Index(t.header, "× nothing traced (own)")
+	m := map[string]string{}
 	for _, r := range t.rows {
-		if ratio < 0 || own < 0 || len(r) <= ratio {
-			continue
-		}
-		col[r[0]] = r[ratio]
-		if r[0] == "nothing traced" {
-			none, _, _ = strings.Cut(r[own], " ")
+		if i >= 0 && len(r) > i {
+			m[r[0]] = r[i]
 		}
 	}
-	pick := func(name string) string {
-		if v, ok := col[name]; ok && v != "" {
-			return v
+	return m
+}
+
+// vmRatios picks the cells the summary shows: "nothing traced" in µs of own
+// CPU per connection, then the ratios of the acceptwatch and empty rows.
+func vmRatios(t *table) []string {
+	ratio := ratioColumn(t)
+	none := "–"
+	if own := slices.Index(t.header, "own µs/conn"); own >= 0 {
+		for _, r := range t.rows {
+			if r[0] == "nothing traced" && len(r) > own {
+				none, _, _ = strings.Cut(r[own], " ")
+			}
 		}
-		return "–"
 	}
-	return []string{none, pick("acceptwatch -q"), pick("acceptwatch, live lines to a file"),
-		pick("acceptwatch -o json, live lines to a file"), pick("empty programs on all of these hooks")}
+	out := []string{none}
+	for _, name := range []string{"acceptwatch -q", "acceptwatch, live lines to a file",
+		"acceptwatch -o json, live lines to a file", "empty programs on all of these hooks"} {
+		if v := ratio[name]; v != "" {
+			out = append(out, v)
+		} else {
+			out = append(out, "–")
+		}
+	}
+	return out
 }
 
 func parseTables(out []byte) []*table {
