@@ -71,6 +71,7 @@ type bpftraceRun struct {
 	out     string
 	startup time.Duration // exec to the script's "ready" line (printed once all probes are attached)
 	done    chan error
+	lines   int // accept lines in its output, counted by finish
 }
 
 func (b *bench) startBpftrace(port int) (*bpftraceRun, error) {
@@ -121,19 +122,24 @@ func (b *bench) startBpftrace(port int) (*bpftraceRun, error) {
 
 func (r *bpftraceRun) cpuTime() time.Duration { return procCPU(r.cmd.Process.Pid) }
 
-// finish stops the script with SIGINT (it then prints its maps) and waits.
+// finish stops the script with SIGINT (it then prints its maps), waits and
+// counts its live lines.
 func (r *bpftraceRun) finish() error {
 	defer os.Remove(r.out)
 	r.cmd.Process.Signal(os.Interrupt)
 	select {
-	case <-r.done:
-		return nil // bpftrace exits non-zero after SIGINT on some versions
+	case <-r.done: // bpftrace exits non-zero after SIGINT on some versions
 	case <-time.After(time.Minute):
 		r.cmd.Process.Kill()
 		<-r.done
 		return errors.New("bpftrace did not exit within a minute of SIGINT")
 	}
+	out, err := os.ReadFile(r.out)
+	r.lines = strings.Count(string(out), " us\n")
+	return err
 }
+
+func (r *bpftraceRun) liveLines() int { return r.lines }
 
 func (b *bench) bpftraceRow(id, name string) *cpuRow {
 	return &cpuRow{id: id, name: name, probe: true, start: func(port int) (tracing, error) {

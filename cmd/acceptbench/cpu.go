@@ -36,7 +36,11 @@ type cpuRow struct {
 	// threads) per connection, both minus "nothing traced" in the round;
 	// conn/s; the tracer process's CPU per connection.
 	machine, own, addedMachine, addedOwn, rate, tracer []float64
+	lines, accepted                                    uint64 // live lines the tracer wrote, if it says; connections then
 }
+
+// lineCounter is a tracing that can say how many live lines it wrote.
+type lineCounter interface{ liveLines() int }
 
 // cpuRows lists the rows for the attach mode under test.
 func (b *bench) cpuRows() []*cpuRow {
@@ -71,16 +75,22 @@ func (b *bench) awRow(id, name string, args ...string) *cpuRow {
 		if err != nil {
 			return nil, err
 		}
-		return watchTracing{w}, nil
+		return watchTracing{w, new(int)}, nil
 	}}
 }
 
-type watchTracing struct{ *watch }
+type watchTracing struct {
+	*watch
+	lines *int
+}
 
 func (w watchTracing) finish() error {
-	_, err := w.stop()
+	st, err := w.stop()
+	*w.lines = st.lines
 	return err
 }
+
+func (w watchTracing) liveLines() int { return *w.lines }
 
 func emptyRow(id, name string, hooks []hook) *cpuRow {
 	return &cpuRow{id: id, name: name, probe: true, start: func(int) (tracing, error) {
@@ -191,6 +201,11 @@ func (b *bench) cpu() (*table, error) {
 			100*medianF(others), 100*slices.Min(others), 100*slices.Max(others)),
 		"tracer process = CPU time of the acceptwatch or bpftrace process over the storm (its user space and its own syscalls); empty programs are held by the bench process and run in the traced threads",
 		"conn/s is secondary: on a shared 2-core machine it moves with other work, while CPU per connection barely does")
+	for _, r := range rows {
+		if r.accepted > 0 && (r.lines > 0 || r.id == "bpftrace") {
+			t.notes = append(t.notes, fmt.Sprintf("%s: %d live lines for %d connections accepted over its rounds (a peer that skipped work would look cheap)", r.name, r.lines, r.accepted))
+		}
+	}
 	b.hostRatio = map[string]float64{}
 	for _, r := range rows {
 		if r.skip == "" {
@@ -236,6 +251,10 @@ func (b *bench) cpuRound(r *cpuRow) (stormResult, float64, error) {
 	if tr != nil {
 		if err := tr.finish(); err != nil {
 			return res, 0, err
+		}
+		if lc, ok := tr.(lineCounter); ok {
+			r.lines += uint64(lc.liveLines())
+			r.accepted += srv.accepted.Load()
 		}
 	}
 	if res.accepted == 0 {

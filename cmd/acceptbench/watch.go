@@ -202,7 +202,14 @@ wait:
 		st.outBytes = fi.Size()
 	}
 	if !w.json {
-		return st, nil
+		// Text: live lines start with the time, HH:MM:SS.
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if l := sc.Bytes(); len(l) > 8 && l[2] == ':' && l[5] == ':' && l[8] == ' ' {
+				st.lines++
+			}
+		}
+		return st, sc.Err()
 	}
 	dec := json.NewDecoder(bufio.NewReaderSize(f, 1<<20))
 	found := false
