@@ -35,12 +35,13 @@ VMTEST_PACKAGES ?= ./cmd/acceptwatch
 vmtest:
 	go run ./vmtest/cmd/matrix -packages "$(VMTEST_PACKAGES)" $(if $(KERNELS),-kernels "$(KERNELS)") $(if $(MODES),-modes "$(MODES)")
 
-# Benchmark (cmd/acceptbench, needs root): throughput with and without
-# acceptwatch, lost events, start-up, 1M addresses, kernel cost per event.
-# About 5 minutes. BENCH_FLAGS="-markdown bench.md" also writes markdown.
-# The snapshot section compares with netstat (net-tools) and measures peak
-# RSS with GNU time.
-BENCH_DEBS := net-tools time iproute2
+# Benchmark (cmd/acceptbench, needs root): start-up, added CPU per connection
+# against nothing traced and a bpftrace script (also inside QEMU for the fexit
+# and kretprobe modes), kernel cost per program, 1M addresses, snapshots.
+# About 25 minutes. BENCH_FLAGS="-markdown bench.md" also writes markdown;
+# BENCH_FLAGS="-sections cpu" runs one part. The snapshot section compares
+# with netstat (net-tools) and measures peak RSS with GNU time.
+BENCH_DEBS := net-tools time iproute2 bpftrace
 
 bench:
 	@dpkg -s $(BENCH_DEBS) >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(BENCH_DEBS); }

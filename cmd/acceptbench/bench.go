@@ -473,7 +473,7 @@ func (b *bench) scale() (*table, error) {
 		title: fmt.Sprintf("Scale: %d connections, each from its own address in 127.0.0.0/8, acceptwatch -q", b.o.scale),
 		header: []string{"--max-addresses", "storm time", "conn/s", "server accepted", "total_accepted",
 			"addresses in summary", "addr overflow", "lost", "exact", "peak RSS tracing", "peak RSS incl. summary",
-			"kernel map memory", "SIGINT to exit"},
+			"kernel map memory", "port map memory", "SIGINT to exit"},
 	}
 	if b.o.scale == 0 {
 		t.notes = append(t.notes, "skipped (-scale 0)")
@@ -498,6 +498,7 @@ func (b *bench) scale() (*table, error) {
 		pid := w.cmd.Process.Pid
 		hwm := w.statusKB("VmHWM")
 		kmem := mapMemlock(pid, "aw_addrs")
+		pmem := mapMemlock(pid, "aw_lports")
 		perAddr := srv.close()
 		st, err := w.stop()
 		if err != nil {
@@ -512,7 +513,7 @@ func (b *bench) scale() (*table, error) {
 		}
 		t.add(capacity, r.elapsed.Round(100*time.Millisecond), fmt.Sprintf("%.0f", r.rate()), accepted, st.sum.TotalAccepted,
 			len(st.sum.Addresses), st.sum.AddressOverflow, st.sum.LostEvents, exact,
-			mib(hwm*1024), mib(st.maxRSSKB*1024), mib(kmem), st.stopTime.Round(10*time.Millisecond))
+			mib(hwm*1024), mib(st.maxRSSKB*1024), mib(kmem), fmt.Sprintf("%.0f KiB", float64(pmem)/1024), st.stopTime.Round(10*time.Millisecond))
 		b.logf("scale: --max-addresses %d: %d accepted in %s, exact: %s, peak RSS %s", capacity, accepted, r.elapsed, exact, mib(st.maxRSSKB*1024))
 		if capacity == uint32(b.o.scale) {
 			ok := exact == "yes" && len(st.sum.Addresses) == len(perAddr)
@@ -523,6 +524,7 @@ func (b *bench) scale() (*table, error) {
 	t.notes = append(t.notes,
 		"peak RSS tracing = VmHWM before SIGINT; incl. summary = VmHWM polled every 5 ms until exit (the final summary holds every address)",
 		"kernel map memory = memlock of the aw_addrs hash map (preallocated at start: fixed by --max-addresses, not by traffic)",
+		"port map memory = memlock of the per-CPU aw_lports hash (not preallocated: grows by 2.1 KiB per CPU for each listening port seen)",
 		"at capacity the map stops taking new addresses: their accepts and handshakes go to address_overflow and still count in the totals")
 	return t, nil
 }
