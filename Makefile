@@ -10,7 +10,7 @@ STRIP ?= llvm-strip-14
 DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev qemu-system-x86 iproute2
 
 build:
-	go build -buildvcs=true -o acceptwatch ./cmd/acceptwatch
+	go build -buildvcs=true -ldflags "-X main.buildCommit=$$(git describe --always --dirty --abbrev=12 --exclude '*' 2>/dev/null)" -o acceptwatch ./cmd/acceptwatch
 
 test: deps check-generated
 	go vet ./...

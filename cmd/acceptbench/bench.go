@@ -53,7 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if b.bin == "" {
 		b.bin = dir + "/acceptwatch"
 		fmt.Fprintf(stderr, "building acceptwatch into %s\n", b.bin)
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", b.bin, "github.com/acceptwatch/acceptwatch/cmd/acceptwatch")
+		cmd := exec.CommandContext(ctx, "go", "build", "-ldflags", "-X main.buildCommit="+describeCommit(), "-o", b.bin, "github.com/acceptwatch/acceptwatch/cmd/acceptwatch")
 		cmd.Stdout, cmd.Stderr = stderr, stderr
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("building acceptwatch: %w", err)
@@ -121,6 +121,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(&md, "- %s\n", n)
 	}
 	return os.WriteFile(o.markdown, md.Bytes(), 0o644)
+}
+
+// describeCommit names the work tree's commit (with -dirty), as make build
+// does, for the report's header: Go stamps no commit in a git worktree.
+func describeCommit() string {
+	out, _ := exec.Command("git", "describe", "--always", "--dirty", "--abbrev=12", "--exclude", "*").Output()
+	return strings.TrimSpace(string(out))
 }
 
 func (b *bench) logf(format string, args ...any) {

@@ -197,8 +197,12 @@ func TestVersionOf(t *testing.T) {
 		{bi("v1.2.0", "vcs.revision", "0123456789abcdef", "vcs.modified", "false"), "v1.2.0 (commit 0123456789ab)"},
 		{bi("(devel)"), "(devel) (no commit recorded: build from a git clone with go build -buildvcs=true)"},
 	} {
-		if got := versionOf(tc.bi); got != tc.want {
+		if got := versionOf(tc.bi, ""); got != tc.want {
 			t.Errorf("versionOf = %q, want %q", got, tc.want)
 		}
+	}
+	// make build in a worktree: the commit from git describe.
+	if got := versionOf(bi("(devel)"), "93c081bcce4f-dirty"); got != "(devel) (commit 93c081bcce4f dirty)" {
+		t.Errorf("versionOf with a described commit = %q", got)
 	}
 }

@@ -312,19 +312,24 @@ func isClosedPipe(err error) bool {
 	return errors.Is(err, syscall.EPIPE)
 }
 
+// buildCommit is set by `make build` (-ldflags "-X main.buildCommit=...",
+// from git describe) for builds that Go does not stamp itself: a git
+// worktree, or GOFLAGS=-buildvcs=false.
+var buildCommit string
+
 func version() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "(unknown)"
 	}
-	return versionOf(bi)
+	return versionOf(bi, buildCommit)
 }
 
 // versionOf names the module version and the commit the binary was built
 // from, with "dirty" when the work tree had changes. Go records the commit
 // only when it builds from a git clone with VCS stamping on (go build's
 // default; GOFLAGS=-buildvcs=false or a go test binary turn it off).
-func versionOf(bi *debug.BuildInfo) string {
+func versionOf(bi *debug.BuildInfo, described string) string {
 	vcs := map[string]string{}
 	for _, s := range bi.Settings {
 		vcs[s.Key] = s.Value
@@ -334,6 +339,9 @@ func versionOf(bi *debug.BuildInfo) string {
 		v = "(devel)"
 	}
 	rev := vcs["vcs.revision"]
+	if rev == "" && described != "" {
+		return v + " (commit " + strings.Replace(described, "-dirty", " dirty", 1) + ")"
+	}
 	if rev == "" {
 		return v + " (no commit recorded: build from a git clone with go build -buildvcs=true)"
 	}
