@@ -271,10 +271,9 @@ static __always_inline void count_port(__u16 lport, struct delta *d)
 	if (d->drop)
 		__sync_fetch_and_add(&ps->drops, 1);
 	if (d->has_wait) {
-		__u32 b = port_wait_bucket(d->wait_ns);
+		__u32 b = port_wait_bucket(d->wait_ns) & (PORT_WAIT_BUCKETS - 1);
 
-		if (b < PORT_WAIT_BUCKETS) /* for the verifier */
-			__sync_fetch_and_add(&ps->wait_hist[b], 1);
+		__sync_fetch_and_add(&ps->wait_hist[b], 1);
 		max_u64(&ps->wait_max_ns, d->wait_ns);
 		/* 0 is unset here: a new entry's other CPUs' copies are zeroed. */
 		if (!ps->wait_min_ns || d->wait_ns < ps->wait_min_ns)

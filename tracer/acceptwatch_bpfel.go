@@ -87,7 +87,7 @@ type acceptwatchPortStats struct {
 	WaitMinNs     uint64
 	BacklogMax    uint32
 	BacklogLimit  uint32
-	WaitHist      [528]uint32
+	WaitHist      [512]uint32
 }
 
 type acceptwatchStat uint32
