@@ -78,7 +78,7 @@ struct addr_stats {
 	__u32 wait_hist[ADDR_WAIT_BUCKETS];
 };
 
-/* Per listening port, per CPU: 2,104 bytes a CPU, allocated for a port when
+/* Per listening port, per CPU: 2,112 bytes a CPU, allocated for a port when
  * it is first seen (the map is not preallocated). */
 struct port_stats {
 	__u64 accepted;

@@ -47,6 +47,7 @@ func (b *bench) cpuRows() []*cpuRow {
 	rows := []*cpuRow{
 		{id: "none", name: "nothing traced"},
 		b.awRow("quiet", "acceptwatch -q", "-q"),
+		b.awRow("quiet-nosyn", "acceptwatch -q --no-syn-counter", "-q", "--no-syn-counter"),
 		b.awRow("live", "acceptwatch, live lines to a file", "-o", "text"),
 		b.awRow("json", "acceptwatch -o json, live lines to a file", "-o", "json"),
 		b.bpftraceRow("bpftrace", "bpftrace script (cmd/acceptbench/testdata/accept.bt), live lines to a file"),

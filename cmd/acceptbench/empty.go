@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -87,25 +88,64 @@ var syscallExits = hook{
 	},
 }
 
-// tcpHooks are the BTF tracepoints every attach mode loads.
+// cgroupIngress is the SYN counter's hook: cgroup_skb/ingress on the cgroup
+// v2 root, which runs for every packet delivered to a socket. Its empty
+// program returns 1 (0 would drop every packet), attached with a link
+// beside any other program there.
+var cgroupIngress = hook{
+	name: "cgroup_skb/ingress (cgroup v2 root)",
+	spec: ebpf.ProgramSpec{
+		Name: "aw_bench_empty", Type: ebpf.CGroupSKB, AttachType: ebpf.AttachCGroupInetIngress, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
+	},
+	attach: func(p *ebpf.Program) ([]link.Link, error) {
+		root, err := cgroup2Mount()
+		if err != nil {
+			return nil, err
+		}
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: root, Attach: ebpf.AttachCGroupInetIngress, Program: p})
+		return []link.Link{l}, err
+	},
+}
+
+// cgroup2Mount is where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup,
+// or /sys/fs/cgroup/unified on hybrid systems).
+func cgroup2Mount() (string, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if ok && len(f) >= 5 && len(g) >= 1 && g[0] == "cgroup2" && f[3] == "/" {
+			return f[4], nil
+		}
+	}
+	return "", errors.New("no cgroup v2 hierarchy mounted")
+}
+
+// tcpHooks are the hooks every attach mode loads: the BTF tracepoints of
+// the TCP stack, the SYN counter and the drop counter (kfree_skb).
 var tcpHooks = []hook{
 	btfTracepoint("inet_sock_set_state"),
 	btfTracepoint("tcp_destroy_sock"),
 	btfTracepoint("tcp_retransmit_synack"),
+	cgroupIngress,
+	btfTracepoint("kfree_skb"),
 }
 
-// hooksOf lists the hooks of an attach mode, as tracer.openMode attaches
-// them (the SYN counter where the mode has one).
+// hooksOf lists the hooks of an attach mode, as tracer.openMode and
+// tracer.openExtras attach them (tcp_conn_request, the SYN counter's
+// fallback where the cgroup hook fails, is left out).
 func hooksOf(mode string) ([]hook, error) {
 	switch mode {
 	case "tracepoint":
 		return append([]hook{syscallExits}, tcpHooks...), nil
 	case "fexit":
-		return append([]hook{function("fexit", ebpf.AttachTraceFExit, "inet_csk_accept"),
-			function("fentry", ebpf.AttachTraceFEntry, "tcp_conn_request")}, tcpHooks...), nil
+		return append([]hook{function("fexit", ebpf.AttachTraceFExit, "inet_csk_accept")}, tcpHooks...), nil
 	case "kretprobe":
-		return append([]hook{kprobe(false, "inet_csk_accept"), kprobe(true, "inet_csk_accept"),
-			kprobe(false, "tcp_conn_request")}, tcpHooks...), nil
+		return append([]hook{kprobe(false, "inet_csk_accept"), kprobe(true, "inet_csk_accept")}, tcpHooks...), nil
 	}
 	return nil, fmt.Errorf("no hooks known for attach mode %q (want fexit, kretprobe or tracepoint)", mode)
 }
