@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"math"
 	"net/netip"
 	"time"
 
@@ -82,8 +83,11 @@ type AddrSample struct {
 // Addr is the remote address (IPv4 unmapped).
 func (s *AddrSample) Addr() netip.Addr { return addrOfKey(s.Key) }
 
-// Wait is the address's queue waits since the start.
-func (s *AddrSample) Wait() report.Wait { return waitStats(s.v.WaitHist, s.v.WaitMaxNs) }
+// Wait is the address's queue waits since the start: percentiles as the
+// range they lie in, as in the summary.
+func (s *AddrSample) Wait() report.Wait {
+	return waitStats(s.v.WaitHist[:], addrBucket, s.v.WaitMinNs, s.v.WaitMaxNs, true)
+}
 
 // Last is when the address was last seen.
 func (s *AddrSample) Last() time.Time { return s.t.wall(s.LastNs) }
@@ -157,18 +161,32 @@ func (l *Live) Read(advance bool, visit func(*AddrSample)) (LiveTotals, error) {
 }
 
 // WaitSum adds up addresses' queue-wait histograms: the waits of a network.
+// The buckets are the addresses' own, so the sum is exactly the network's
+// histogram, and the smallest and largest wait of its addresses are the
+// network's: its percentiles are ranges as true as an address's.
 type WaitSum struct {
-	hist  [32]uint32
-	maxNs uint64
+	hist         [len(acceptwatchAddrStats{}.WaitHist)]uint32
+	minNs, maxNs uint64 // 0: none yet
 }
 
 // Add adds an address's waits.
 func (w *WaitSum) Add(s *AddrSample) {
-	for i, n := range s.v.WaitHist {
-		w.hist[i] += n
+	v := s.v
+	var n uint32
+	for i, c := range v.WaitHist {
+		w.hist[i] += c
+		n |= c
 	}
-	w.maxNs = max(w.maxNs, s.v.WaitMaxNs)
+	if n == 0 {
+		return
+	}
+	w.maxNs = max(w.maxNs, v.WaitMaxNs)
+	if v.WaitMinNs != 0 && v.WaitMinNs != math.MaxUint64 && (w.minNs == 0 || v.WaitMinNs < w.minNs) {
+		w.minNs = v.WaitMinNs
+	}
 }
 
-// Wait is the sum's count, percentiles and max.
-func (w *WaitSum) Wait() report.Wait { return waitStats(w.hist, w.maxNs) }
+// Wait is the sum's count, min, max and percentile ranges.
+func (w *WaitSum) Wait() report.Wait {
+	return waitStats(w.hist[:], addrBucket, w.minNs, w.maxNs, true)
+}

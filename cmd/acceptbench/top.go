@@ -88,7 +88,7 @@ func (b *bench) liveTable() (*table, error) {
 		return nil, err
 	}
 	sample := func(p *topPhase, d time.Duration, during func()) {
-		start, cpu0 := time.Now(), pidCPU(pid)
+		start, cpu0 := time.Now(), procCPU(pid)
 		done := make(chan struct{})
 		if during != nil {
 			go func() { during(); close(done) }()
@@ -97,7 +97,7 @@ func (b *bench) liveTable() (*table, error) {
 		last := cpu0
 		for time.Since(start) < d {
 			<-tick.C
-			c := pidCPU(pid)
+			c := procCPU(pid)
 			p.cpu = append(p.cpu, c-last)
 			p.rssKB = append(p.rssKB, pidStatusKB(pid, "VmRSS"))
 			last = c
@@ -106,7 +106,7 @@ func (b *bench) liveTable() (*table, error) {
 		if during != nil {
 			<-done
 		}
-		p.elapsed, p.total = time.Since(start), pidCPU(pid)-cpu0
+		p.elapsed, p.total = time.Since(start), procCPU(pid)-cpu0
 	}
 	var phases []*topPhase
 	time.Sleep(2 * time.Second) // past start-up and the first draws
@@ -115,7 +115,7 @@ func (b *bench) liveTable() (*table, error) {
 	phases = append(phases, empty)
 
 	b.logf("live table: connecting from %d addresses", n)
-	r := storm(srv, b.o.clients, distinctSources, 10*time.Minute, n, nil)
+	r := storm(srv, b.o.clients, distinctSources, 0, 10*time.Minute, n, nil)
 	b.logf("live table: %d accepted in %s", r.accepted, r.elapsed.Round(100*time.Millisecond))
 	time.Sleep(1500 * time.Millisecond) // a refresh with every address in the map
 	screen, err := tmux("capture-pane", "-p", "-t", "top")
@@ -139,7 +139,7 @@ func (b *bench) liveTable() (*table, error) {
 	busy := &topPhase{name: "all addresses connecting (storm)", addresses: seen}
 	var again stormResult
 	sample(busy, 15*time.Second, func() {
-		again = storm(srv, b.o.clients, func(i uint64) [4]byte { return distinctSources(i % n) }, 15*time.Second, 0, nil)
+		again = storm(srv, b.o.clients, func(i uint64) [4]byte { return distinctSources(i % n) }, 0, 15*time.Second, 0, nil)
 	})
 	phases = append(phases, busy)
 	after := &topPhase{name: "idle again", addresses: seen}

@@ -64,7 +64,8 @@ func runTop(ctx context.Context, l *loop, stdout *os.File) error {
 	}
 	l.out = bufio.NewWriterSize(stdout, 64<<10)
 	l.w = report.NewText(l.out, report.TextOptions{Top: o.top, Quiet: true})
-	return l.summary(true)
+	_, err = l.summary(true)
+	return err
 }
 
 func isTerminal(w io.Writer) bool {

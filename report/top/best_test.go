@@ -24,7 +24,7 @@ func TestBestMatchesFullSort(t *testing.T) {
 				NotAccepted:   uint64(rng.IntN(3)),
 				SynackRetrans: uint64(rng.IntN(3)),
 				Open:          uint64(rng.IntN(3)),
-				WaitP99:       time.Duration(rng.IntN(3)) * time.Millisecond,
+				WaitP99:       qr(time.Duration(rng.IntN(3))*time.Millisecond, time.Duration(rng.IntN(3))*time.Millisecond),
 				Last:          t0.Add(time.Duration(rng.IntN(3)) * time.Second),
 			}
 			if rng.IntN(10) == 0 {

@@ -7,6 +7,8 @@ package top
 import (
 	"net/netip"
 	"time"
+
+	"github.com/acceptwatch/acceptwatch/report"
 )
 
 // Source is where the view's numbers come from (the command implements it
@@ -80,7 +82,7 @@ type Port struct {
 	HasNow        bool
 	BacklogMax    uint32 // most queued at one accept (0: not seen)
 	BacklogLimit  uint32
-	WaitP99       time.Duration
+	WaitP99       report.Quantile // the range it lies in, as in the summary
 	HasWait       bool
 }
 
@@ -96,9 +98,9 @@ type Row struct {
 	Handshakes    uint64
 	NotAccepted   uint64
 	SynackRetrans uint64
-	Drops         uint64 // valid with Caps.Drops
-	Open          uint64 // valid with Caps.Open
-	WaitP99       time.Duration
+	Drops         uint64          // valid with Caps.Drops
+	Open          uint64          // valid with Caps.Open
+	WaitP99       report.Quantile // the range it lies in, as in the summary
 	HasWait       bool
 	Last          time.Time // zero: unknown
 }
@@ -186,7 +188,7 @@ func (r *Row) Key(c Column) (uint64, uint64) {
 	case ColOpen:
 		return r.Open, r.New
 	case ColWaitP99:
-		return uint64(r.WaitP99), r.New
+		return uint64(r.WaitP99.Est()), r.New
 	case ColLast:
 		if r.Last.IsZero() {
 			return 0, r.New

@@ -211,7 +211,7 @@ func (m *Model) portLines(s *screen, w, maxRows int) []string {
 			bmax = fmt.Sprintf("%d/%d", p.BacklogMax, p.BacklogLimit)
 		}
 		if p.HasWait {
-			wait = report.FormatDuration(p.WaitP99)
+			wait = report.FormatQuantile(p.WaitP99)
 		}
 		drops := "-"
 		if m.caps.Drops {
@@ -274,7 +274,7 @@ func (m *Model) addressLines(f *Frame, w, room int) []string {
 			open = num(r.Open)
 		}
 		if r.HasWait {
-			wait = report.FormatDuration(r.WaitP99)
+			wait = report.FormatQuantile(r.WaitP99)
 		}
 		if !r.Last.IsZero() {
 			last = ago(f.Time.Sub(r.Last))

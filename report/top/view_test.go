@@ -16,6 +16,8 @@ import (
 	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/x/ansi"
 	"github.com/muesli/termenv"
+
+	"github.com/acceptwatch/acceptwatch/report"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from current output")
@@ -48,13 +50,16 @@ func (s *fakeSource) Refresh(q Query, advance bool) (*Frame, error) {
 
 func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
+// qr is a percentile known to lie in [lo, lo+width].
+func qr(lo, width time.Duration) report.Quantile { return report.Quantile{Lo: lo, Hi: lo + width} }
+
 // frames are two refreshes one second apart: a busy address, a slow one, a
 // half-open flooder and an IPv6 client.
 func sampleFrames() (*Frame, *Frame) {
 	first := &Frame{
 		Time: t0.Add(10 * time.Second), Interval: 10 * time.Second,
 		Totals: Totals{Accepted: 1000, Handshakes: 1002, Syns: 1100, SynackRetrans: 40, Addresses: 4, MaxAddresses: 65536},
-		Ports:  []Port{{Port: 443, Accepted: 1000, BacklogMax: 12, BacklogLimit: 4096, WaitP99: 2 * time.Millisecond, HasWait: true}},
+		Ports:  []Port{{Port: 443, Accepted: 1000, BacklogMax: 12, BacklogLimit: 4096, WaitP99: qr(1984*time.Microsecond, 64*time.Microsecond), HasWait: true}},
 	}
 	second := &Frame{
 		Time: t0.Add(11 * time.Second), Interval: time.Second,
@@ -62,13 +67,13 @@ func sampleFrames() (*Frame, *Frame) {
 			Addresses: 4, MaxAddresses: 65536},
 		Ports: []Port{
 			{Port: 443, Accepted: 1890, NotAccepted: 1, SynackRetrans: 52, BacklogMax: 130, BacklogLimit: 128,
-				WaitP99: 120 * time.Millisecond, HasWait: true, BacklogNow: 97, NowLimit: 128, HasNow: true},
-			{Port: 8443, Accepted: 10, BacklogMax: 1, BacklogLimit: 511, WaitP99: 15 * time.Microsecond, HasWait: true},
+				WaitP99: qr(118*time.Millisecond, 4*time.Millisecond), HasWait: true, BacklogNow: 97, NowLimit: 128, HasNow: true},
+			{Port: 8443, Accepted: 10, BacklogMax: 1, BacklogLimit: 511, WaitP99: qr(14848*time.Nanosecond, 512*time.Nanosecond), HasWait: true},
 		},
 		Rows: []Row{
-			{Addr: addr("203.0.113.9"), New: 880, Accepted: 1700, Syns: 1710, Handshakes: 1701, Open: 3, WaitP99: 120 * time.Millisecond, HasWait: true, Last: t0.Add(11 * time.Second)},
-			{Addr: addr("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"), New: 15, Accepted: 150, Syns: 150, Handshakes: 150, WaitP99: 30 * time.Microsecond, HasWait: true, Last: t0.Add(10500 * time.Millisecond)},
-			{Addr: addr("198.51.100.7"), New: 5, Accepted: 50, Syns: 50, Handshakes: 51, NotAccepted: 1, Open: 40, WaitP99: 8 * time.Microsecond, HasWait: true, Last: t0.Add(9 * time.Second)},
+			{Addr: addr("203.0.113.9"), New: 880, Accepted: 1700, Syns: 1710, Handshakes: 1701, Open: 3, WaitP99: qr(65536*time.Microsecond, 58464*time.Microsecond), HasWait: true, Last: t0.Add(11 * time.Second)},
+			{Addr: addr("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"), New: 15, Accepted: 150, Syns: 150, Handshakes: 150, WaitP99: qr(16*time.Microsecond, 16*time.Microsecond), HasWait: true, Last: t0.Add(10500 * time.Millisecond)},
+			{Addr: addr("198.51.100.7"), New: 5, Accepted: 50, Syns: 50, Handshakes: 51, NotAccepted: 1, Open: 40, WaitP99: qr(4*time.Microsecond, 3200*time.Nanosecond), HasWait: true, Last: t0.Add(9 * time.Second)},
 			{Addr: addr("192.0.2.66"), Syns: 100, SynackRetrans: 52, Last: t0.Add(-50 * time.Second)},
 		},
 		NowKnown: true, NowTime: t0.Add(11 * time.Second),
@@ -300,8 +305,8 @@ func TestGoldenGrouped(t *testing.T) {
 	g := *b
 	g.Grouped = true
 	g.Rows = []Row{
-		{Prefix: netip.MustParsePrefix("203.0.113.0/24"), Members: 3, New: 885, Accepted: 1750, Syns: 1760, Handshakes: 1752, Open: 43, Drops: 12, WaitP99: 120 * time.Millisecond, HasWait: true, Last: t0.Add(11 * time.Second)},
-		{Prefix: netip.MustParsePrefix("2001:db8:aaaa:bbbb::/64"), Members: 1, New: 15, Accepted: 150, Syns: 150, Handshakes: 150, WaitP99: 30 * time.Microsecond, HasWait: true, Last: t0.Add(10500 * time.Millisecond)},
+		{Prefix: netip.MustParsePrefix("203.0.113.0/24"), Members: 3, New: 885, Accepted: 1750, Syns: 1760, Handshakes: 1752, Open: 43, Drops: 12, WaitP99: qr(65536*time.Microsecond, 58464*time.Microsecond), HasWait: true, Last: t0.Add(11 * time.Second)},
+		{Prefix: netip.MustParsePrefix("2001:db8:aaaa:bbbb::/64"), Members: 1, New: 15, Accepted: 150, Syns: 150, Handshakes: 150, WaitP99: qr(16*time.Microsecond, 16*time.Microsecond), HasWait: true, Last: t0.Add(10500 * time.Millisecond)},
 	}
 	a, _ := sampleFrames()
 	m := testModel(fullCaps, PlainStyles(), a, &g)
