@@ -1,6 +1,14 @@
 package tracer
 
-import "testing"
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/acceptwatch/acceptwatch/report"
+)
 
 func key(b byte) [16]byte { return [16]byte{15: b} }
 
@@ -40,5 +48,53 @@ func TestLiveBefore(t *testing.T) {
 		if (l.index != nil) != tc.wantIndex {
 			t.Errorf("%s: index built %v, want %v", tc.name, l.index != nil, tc.wantIndex)
 		}
+	}
+}
+
+// A network's waits are its addresses' summed: count, smallest and largest
+// exact, and each percentile's range holds the true one of all their waits
+// together, as an address's does (addresses without waits change nothing).
+func TestWaitSum(t *testing.T) {
+	us, ms := time.Microsecond, time.Millisecond
+	perAddr := [][]time.Duration{
+		{8 * us, 9 * us, 300 * us},
+		{},
+		{290 * ms, 295 * ms, 303 * ms},
+		{3 * us},
+	}
+	var random []time.Duration
+	for range 500 {
+		random = append(random, time.Duration(math.Exp(rand.Float64()*20)))
+	}
+	perAddr = append(perAddr, random)
+	var sum WaitSum
+	var all []time.Duration
+	for _, waits := range perAddr {
+		v := acceptwatchAddrStats{WaitMinNs: math.MaxUint64} // as addr_entry makes it
+		if len(waits) > 0 {
+			hist, minNs, maxNs := histOf(waits, len(v.WaitHist), addrBucketOf)
+			copy(v.WaitHist[:], hist)
+			v.WaitMinNs, v.WaitMaxNs = minNs, maxNs
+		}
+		sum.Add(&AddrSample{v: &v})
+		all = append(all, waits...)
+	}
+	w := sum.Wait()
+	if w.Count != uint64(len(all)) || w.Min != slices.Min(all) || w.Max != slices.Max(all) {
+		t.Errorf("count %d min %v max %v, want %d %v %v", w.Count, w.Min, w.Max, len(all), slices.Min(all), slices.Max(all))
+	}
+	for _, c := range []struct {
+		q float64
+		p report.Quantile
+	}{{0.5, w.P50}, {0.99, w.P99}} {
+		want := trueQuantile(all, c.q)
+		if want < c.p.Lo || want > c.p.Hi {
+			t.Errorf("p%.0f: %v not in [%v, %v]", c.q*100, want, c.p.Lo, c.p.Hi)
+		}
+	}
+	var none WaitSum
+	none.Add(&AddrSample{v: &acceptwatchAddrStats{WaitMinNs: math.MaxUint64}})
+	if w := none.Wait(); w.Count != 0 || w.Min != 0 || w.Max != 0 {
+		t.Errorf("no waits: %+v", w)
 	}
 }

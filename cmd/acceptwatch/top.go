@@ -41,8 +41,10 @@ func runTop(ctx context.Context, l *loop, stdout *os.File) error {
 	// process three times as often for a table that changes once a second.
 	p := tea.NewProgram(m, tea.WithOutput(stdout), tea.WithAltScreen(), tea.WithoutSignalHandler(), tea.WithFPS(20))
 	if o.duration > 0 {
+		// From when tracing began, as for the other outputs: the summary
+		// then covers exactly --duration.
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.duration)
+		ctx, cancel = context.WithDeadline(ctx, t.Started().Add(o.duration))
 		defer cancel()
 	}
 	done := make(chan struct{})

@@ -26,6 +26,7 @@ import (
 
 	tea "github.com/charmbracelet/bubbletea"
 
+	"github.com/acceptwatch/acceptwatch/report"
 	"github.com/acceptwatch/acceptwatch/report/top"
 	"github.com/acceptwatch/acceptwatch/tracer"
 )
@@ -174,6 +175,33 @@ func TestTopFrames(t *testing.T) {
 			}
 		} else if syns != "-" {
 			t.Errorf("%s: SYNS %q where %s mode counts none, want -", a, syns, tr.Mode())
+		}
+	}
+
+	// WAIT_P99 reads as in the summary: the range the percentile lies in,
+	// from the same buckets, per address and per port.
+	c, err := tr.Total()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCell := func(w report.Wait) string {
+		if w.Count == 0 {
+			return "-"
+		}
+		return report.FormatQuantile(w.P99)
+	}
+	for _, a := range c.Addresses {
+		if _, ok := want[a.Addr.String()]; ok {
+			if got, w := addrs.cell(a.Addr.String(), "WAIT_P99"), waitCell(a.Wait); got != w {
+				t.Errorf("%s: WAIT_P99 %q, the summary's p99 %q", a.Addr, got, w)
+			}
+		}
+	}
+	for _, p := range c.Listeners {
+		if p.Port == uint16(srv.port) {
+			if got, w := ports.cell(strconv.Itoa(srv.port), "WAIT_P99"), waitCell(p.Wait); got != w || w == "-" {
+				t.Errorf("port %d: WAIT_P99 %q, the summary's p99 %q", p.Port, got, w)
+			}
 		}
 	}
 
@@ -499,6 +527,9 @@ func TestTopTmuxSignals(t *testing.T) {
 		screen := tm.waitScreen("the summary after --duration", func(s string) bool { return strings.Contains(s, "EXIT=") })
 		if !strings.Contains(screen, "EXIT=0") || !strings.Contains(screen, "--- acceptwatch summary") {
 			t.Errorf("--duration did not end with the summary and status 0:\n%s", screen)
+		}
+		if !regexp.MustCompile(`--- acceptwatch summary: .* \(2\.[0-2]s\)`).MatchString(screen) {
+			t.Errorf("--duration 2s: the summary does not cover 2s of tracing:\n%s", screen)
 		}
 		checkRestored(t, tm)
 	})
