@@ -340,7 +340,7 @@ func (s *topSource) ports(ls []report.PortStats) []top.Port {
 	out := make([]top.Port, 0, len(ls))
 	for _, p := range ls {
 		out = append(out, top.Port{
-			Port: p.Port, Accepted: p.Accepted, NotAccepted: p.NotAccepted, SynackRetrans: p.SynackRetrans,
+			Port: p.Port, Accepted: p.Accepted, NotAccepted: p.NotAccepted, SynackRetrans: p.SynackRetrans, Drops: p.Drops,
 			BacklogMax: p.BacklogMax, BacklogLimit: p.BacklogLimit, WaitP99: p.Wait.P99, HasWait: p.Wait.Count > 0,
 		})
 	}

@@ -548,3 +548,21 @@ func childOf(t *testing.T, pid string) string {
 	}
 	return f[0]
 }
+
+// Every port counter reaches its row, and ports named with -port have a row
+// before their first connection.
+func TestTopPortRows(t *testing.T) {
+	o, _, err := parseFlags([]string{"-o", "top", "-port", "80,443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &topSource{o: o}
+	w := report.Wait{Count: 3, P99: report.Quantile{Lo: time.Millisecond, Hi: 2 * time.Millisecond}}
+	got := s.ports([]report.PortStats{{Port: 443, Accepted: 5, NotAccepted: 1, SynackRetrans: 2, Syns: 9, Drops: 6,
+		BacklogMax: 3, BacklogLimit: 4, Wait: w}})
+	want := []top.Port{{Port: 80}, {Port: 443, Accepted: 5, NotAccepted: 1, SynackRetrans: 2, Drops: 6,
+		BacklogMax: 3, BacklogLimit: 4, WaitP99: w.P99, HasWait: true}}
+	if !slices.Equal(got, want) {
+		t.Errorf("port rows\n%+v, want\n%+v", got, want)
+	}
+}
