@@ -355,10 +355,19 @@ func (t *Tracer) readStats() ([acceptwatchStatSTAT_MAX]uint64, error) {
 	return out, nil
 }
 
-// eachAddr visits every entry of the address map, in batches where the
+// eachAddr visits every address with its counts since the start: the
+// address map's, and what drained maps held (see retiredAddrs).
+func (t *Tracer) eachAddr(fn func([16]byte, *acceptwatchAddrStats)) error {
+	if t.retired != nil {
+		return t.retired.each(t.eachActive, fn)
+	}
+	return t.eachActive(fn)
+}
+
+// eachActive visits every entry of the address map, in batches where the
 // kernel supports it (1M entries one by one take seconds).
 // The batch buffers are kept for the next call (a live view reads every second).
-func (t *Tracer) eachAddr(fn func([16]byte, *acceptwatchAddrStats)) error {
+func (t *Tracer) eachActive(fn func([16]byte, *acceptwatchAddrStats)) error {
 	const batch = 4096
 	if t.batchKeys == nil {
 		t.batchKeys = make([]acceptwatchAddrKey, batch)

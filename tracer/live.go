@@ -104,6 +104,10 @@ type LiveTotals struct {
 // Live starts a live reader; the first Read's gains are everything counted
 // since the tracer started.
 func (t *Tracer) Live() *Live {
+	if t.retired == nil {
+		// Address maps drained from now on stay in the run's counts.
+		t.retired = newRetiredAddrs()
+	}
 	return &Live{t: t, prevTime: t.start}
 }
 

@@ -69,6 +69,7 @@ type Tracer struct {
 	rec        ringbuf.Record
 	batchKeys  []acceptwatchAddrKey // eachAddr's buffers, kept between reads
 	batchVals  []acceptwatchAddrStats
+	retired    *retiredAddrs // drained address maps' counts, once a whole-run view needs them
 	// The reader's deadline is in the past (a read returns at once).
 	deadlinePast bool
 	comm         commCache
