@@ -150,6 +150,7 @@ func (l *Live) Read(advance bool, visit func(*AddrSample)) (LiveTotals, error) {
 		return tot, err
 	}
 	tot.addStats(stats)
+	tot.MissedRuns = t.recursionMisses()
 	ns, err := readNetstat()
 	if err != nil {
 		return tot, err

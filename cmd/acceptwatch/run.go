@@ -281,7 +281,7 @@ func (l *loop) summary(final bool) (time.Time, error) {
 		Listeners:          c.Listeners,
 		KernelCounters:     c.KernelCounters,
 	}
-	s.Findings = l.findings(s, c.WaitsUnknown, c.PortsOverflow)
+	s.Findings = l.findings(s, &c)
 	l.now.add(&s, l.o)
 	err = l.w.Summary(s)
 	if err == nil {
@@ -298,17 +298,20 @@ func (l *loop) summary(final bool) (time.Time, error) {
 }
 
 // findings are report.Findings, the baseline's comparison and the tracer's
-// own limits.
-func (l *loop) findings(s report.Summary, waitsUnknown, portsOverflow uint64) []string {
+// own limits (from c).
+func (l *loop) findings(s report.Summary, c *tracer.Counts) []string {
 	f := report.Findings(s, l.o.thresholds())
 	if l.base != nil {
 		f = append(f, baseline.Compare(l.base, s, baseline.Thresholds{Factor: l.o.baselineFactor, Min: l.o.floodMin})...)
 	}
-	if waitsUnknown > 0 {
-		f = append(f, fmt.Sprintf("%d queue waits unknown: too many connections waiting at once", waitsUnknown))
+	if c.WaitsUnknown > 0 {
+		f = append(f, fmt.Sprintf("%d queue waits unknown: too many connections waiting at once", c.WaitsUnknown))
 	}
-	if portsOverflow > 0 {
-		f = append(f, fmt.Sprintf("%d events not counted per port: too many listening ports", portsOverflow))
+	if c.MissedRuns > 0 {
+		f = append(f, fmt.Sprintf("%d hook runs skipped by the kernel (another BPF program was running on that CPU): counts may be short by as much", c.MissedRuns))
+	}
+	if c.PortsOverflow > 0 {
+		f = append(f, fmt.Sprintf("%d events not counted per port: too many listening ports", c.PortsOverflow))
 	}
 	return f
 }

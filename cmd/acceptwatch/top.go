@@ -275,7 +275,7 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 			SynCounter: tot.SynCounter, DropCounters: tot.DropCounters, LostEvents: tot.LostEvents,
 			AddressOverflow: tot.AddressOverflow, MaxAddresses: s.o.maxAddresses,
 			Listeners: tot.Listeners, KernelCounters: tot.KernelCounters,
-		}, tot.WaitsUnknown, tot.PortsOverflow)
+		}, &tot.Counts)
 		s.findTime, s.findCost = start, time.Since(t0)
 	}
 	f.Findings = s.findings
