@@ -43,6 +43,7 @@ type options struct {
 	baselineFactor    float64
 	readyFile         string // test hook: written once tracing has started
 	snapshot          snapshotOptions
+	metrics           metricsOptions
 
 	portList  []uint16         // parsed from ports
 	portNames []string         // normalised, for display
@@ -77,6 +78,7 @@ const examples = `Examples:
   sudo acceptwatch -port 443 -q --group-by prefix --prefix 16,48  # rows per network
   sudo acceptwatch -port 443 -q -d 10m --save-baseline normal.json  # a normal period...
   sudo acceptwatch -port 443 -q -i 1m --baseline normal.json        # ...and what is far above it
+  sudo acceptwatch --metrics                # serve Prometheus metrics on :10074 and keep running
 `
 
 func newFlagSet(o *options) *pflag.FlagSet {
@@ -107,6 +109,7 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.StringVar(&o.baseline, "baseline", "", "compare with the baseline saved in `file`: findings for what is far above it")
 	fs.Float64Var(&o.baselineFactor, "baseline-factor", 3, "finding for a rate (or queue wait) this many times its baseline")
 	fs.BoolVar(&o.noSynCounter, "no-syn-counter", false, "count no SYNs: no per-packet program on the cgroup root (SYNS not counted)")
+	o.metrics.flags(fs)
 	fs.BoolVarP(&o.verbose, "verbose", "v", false, "say which attach modes were tried and why each failed")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help")
@@ -200,6 +203,9 @@ func (o *options) validate() error {
 	}
 	if !(o.floodShare >= 0 && o.floodShare <= 1) {
 		return usagef("invalid --flood-share %v: must be between 0 and 1", o.floodShare)
+	}
+	if err := o.validateMetrics(); err != nil {
+		return err
 	}
 	var err error
 	if o.prefixLen, err = report.ParsePrefixLen(o.prefix); err != nil {

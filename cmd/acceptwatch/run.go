@@ -12,8 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/acceptwatch/acceptwatch/report"
 	"github.com/acceptwatch/acceptwatch/report/baseline"
 	"github.com/acceptwatch/acceptwatch/tracer"
@@ -46,9 +44,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return usageError{err.Error()}
 		}
 	}
-	if err := checkPrivileges(); err != nil {
-		return err
-	}
 
 	cfg := tracer.Config{
 		Attach:       o.attach,
@@ -58,6 +53,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		// --count needs the events to count them, even with -q.
 		LiveEvents:   !o.quiet || o.count > 0,
 		NoSynCounter: o.noSynCounter,
+	}
+	if o.metrics.on() {
+		o.metrics.configure(o, &cfg)
 	}
 	if o.ipv4 {
 		cfg.Family = 4
@@ -80,16 +78,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ports = "port " + strings.Join(o.portNames, ",")
 	}
 	fmt.Fprintf(stderr, "acceptwatch: tracing accepts on %s with %s (handshakes: sock:inet_sock_set_state); Ctrl-C to end\n", ports, t.Mode())
-	if o.readyFile != "" {
-		// Write then rename, so a waiter never sees an empty file.
-		tmp := o.readyFile + ".tmp"
-		if err := os.WriteFile(tmp, []byte(t.Mode()+"\n"), 0o644); err != nil {
-			return fmt.Errorf("writing ready file: %w", err)
-		}
-		if err := os.Rename(tmp, o.readyFile); err != nil {
-			return fmt.Errorf("writing ready file: %w", err)
-		}
-	}
 
 	out := bufio.NewWriterSize(stdout, 64<<10)
 	var w report.Writer
@@ -98,13 +86,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		w = report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet})
 	}
-	l := &loop{o: o, t: t, w: w, out: out, now: openConnectionsNow(), base: base, stderr: stderr}
-	defer l.now.Close()
-	err = l.run(ctx)
+	if o.metrics.on() {
+		err = serveMetrics(ctx, o, t, w, out, stderr)
+	} else if err = writeReady(o.readyFile, t.Mode()); err == nil {
+		l := &loop{o: o, t: t, w: w, out: out, now: openConnectionsNow(), base: base, stderr: stderr}
+		defer l.now.Close()
+		err = l.run(ctx)
+	}
 	if isClosedPipe(err) {
 		return nil
 	}
 	return err
+}
+
+// writeReady creates the test hook's ready file: write then rename, so a
+// waiter never sees an empty file.
+func writeReady(path, mode string) error {
+	if path == "" {
+		return nil
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(mode+"\n"), 0o644); err != nil {
+		return fmt.Errorf("writing ready file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("writing ready file: %w", err)
+	}
+	return nil
 }
 
 type loop struct {
@@ -232,24 +240,6 @@ func (l *loop) summary(final bool) error {
 		fmt.Fprintf(l.stderr, "acceptwatch: baseline saved to %s\n", l.o.saveBaseline)
 	}
 	return err
-}
-
-// checkPrivileges fails early, with the capabilities named, when the
-// process plainly cannot load BPF programs.
-func checkPrivileges() error {
-	if os.Geteuid() == 0 {
-		return nil
-	}
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return nil // let the kernel decide
-	}
-	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
-	if has(unix.CAP_SYS_ADMIN) || (has(unix.CAP_BPF) && has(unix.CAP_PERFMON)) {
-		return nil
-	}
-	return tracer.ErrPrivileges
 }
 
 func isClosedPipe(err error) bool {
