@@ -99,6 +99,10 @@ func (t *Tracer) AddressRotations() uint64 { return t.addrWin.drains }
 func (t *Tracer) RotateAddresses(fn func(AddressCounts)) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.rotate(fn)
+}
+
+func (t *Tracer) rotate(fn func(AddressCounts)) error {
 	w := t.addrWin
 	if len(w.maps) < 2 {
 		return errors.New("address windows are off (Config.AddressWindows)")

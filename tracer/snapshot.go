@@ -87,8 +87,10 @@ type Snapshot struct {
 // Snapshot reads the counters. It also ends a backlog epoch: each port's
 // BacklogMaxEpoch covers the time since the previous Snapshot. (The epoch
 // is switched, then the kernel is made to wait until no program can still
-// write the closed one, so its maxima are final when read.)
-func (t *Tracer) Snapshot() (Snapshot, error) {
+// write the closed one, so its maxima are final when read.) With drain (and
+// Config.AddressWindows) it also rotates the address maps as
+// RotateAddresses does, in the same wait.
+func (t *Tracer) Snapshot(drain func(AddressCounts)) (Snapshot, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var s Snapshot
@@ -97,7 +99,11 @@ func (t *Tracer) Snapshot() (Snapshot, error) {
 	if err := t.blEpoch.Set(t.epoch); err != nil {
 		return s, fmt.Errorf("starting a backlog epoch: %w", err)
 	}
-	if err := t.addrWin.slot.Put(uint32(0), t.addrWin.active()); err != nil {
+	if drain != nil {
+		if err := t.rotate(drain); err != nil {
+			return s, err
+		}
+	} else if err := t.addrWin.slot.Put(uint32(0), t.addrWin.active()); err != nil {
 		return s, fmt.Errorf("waiting for running programs: %w", err)
 	}
 	var port uint32

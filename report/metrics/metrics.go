@@ -8,7 +8,6 @@
 package metrics
 
 import (
-	"fmt"
 	"runtime"
 	"strconv"
 	"sync"
@@ -23,7 +22,7 @@ const namespace = "acceptwatch"
 
 // Source is what the collector reads: a *tracer.Tracer.
 type Source interface {
-	Snapshot() (tracer.Snapshot, error)
+	Snapshot(drain func(tracer.AddressCounts)) (tracer.Snapshot, error)
 	RotateAddresses(func(tracer.AddressCounts)) error
 	Mode() string
 	SynCounter() string // "" when SYNs are not counted
@@ -185,10 +184,6 @@ func (c *Collector) Rotate() error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.rotate()
-}
-
-func (c *Collector) rotate() error {
 	c.rotations++
 	return c.src.RotateAddresses(c.top.add)
 }
@@ -198,13 +193,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	failed := 0.0
+	var drain func(tracer.AddressCounts)
 	if c.top != nil {
-		if err := c.rotate(); err != nil {
-			ch <- prometheus.NewInvalidMetric(rotations, fmt.Errorf("draining address counters: %w", err))
-			failed = 1
-		}
+		c.rotations++
+		drain = c.top.add
 	}
-	snap, err := c.src.Snapshot()
+	snap, err := c.src.Snapshot(drain)
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(queueWait, err)
 		failed = 1
