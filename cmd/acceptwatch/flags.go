@@ -44,6 +44,7 @@ type options struct {
 	readyFile         string // test hook: written once tracing has started
 	snapshot          snapshotOptions
 	metrics           metricsOptions
+	docs              docOptions
 
 	portList  []uint16         // parsed from ports
 	portNames []string         // normalised, for display
@@ -115,6 +116,7 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help")
 	fs.StringVar(&o.readyFile, "ready-file", "", "create this file once tracing has started")
 	_ = fs.MarkHidden("ready-file")
+	o.docs.flags(fs)
 	return fs
 }
 
@@ -205,6 +207,9 @@ func (o *options) validate() error {
 		return usagef("invalid --flood-share %v: must be between 0 and 1", o.floodShare)
 	}
 	if err := o.validateMetrics(); err != nil {
+		return err
+	}
+	if err := o.docs.validate(); err != nil {
 		return err
 	}
 	var err error

@@ -7,6 +7,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -426,4 +427,30 @@ func mapMemlock(t *testing.T, pid int) uint64 {
 		}
 	}
 	return sum
+}
+
+// TestMetricsFlags: the exporter's flags and their usage errors.
+func TestMetricsFlags(t *testing.T) {
+	o, _, err := parseFlags([]string{"--metrics"})
+	if err != nil || o.metrics.addr != ":10074" {
+		t.Errorf("--metrics: addr %q, err %v; want :10074", o.metrics.addr, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--metrics-top-addresses", "5"}, "--metrics-top-addresses needs --metrics"},
+		{[]string{"--live"}, "--live needs --metrics"},
+		{[]string{"--metrics", "--interval", "10s"}, "--interval and --metrics exclude each other"},
+		{[]string{"--metrics-addr", "10074"}, `invalid --metrics-addr "10074"`},
+		{[]string{"--metrics-addr", ":70000"}, `invalid --metrics-addr ":70000"`},
+		{[]string{"--metrics-addr", "example.org:1"}, "host must be an IP address"},
+		{[]string{"--metrics", "--metrics-top-addresses", "10001"}, "invalid --metrics-top-addresses 10001"},
+	} {
+		_, _, err := parseFlags(tc.args)
+		var u usageError
+		if !errors.As(err, &u) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want a usage error with %q", tc.args, err, tc.want)
+		}
+	}
 }

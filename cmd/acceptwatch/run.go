@@ -30,6 +30,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "acceptwatch %s\n", version())
 		return nil
 	}
+	if o.docs.requested() {
+		return o.docs.write(stdout, fs)
+	}
 	if o.snapshot.on {
 		return runSnapshot(o, stdout, stderr)
 	}
