@@ -107,3 +107,20 @@ func tracefsError(dir string, err error) error {
 	}
 	return err
 }
+
+// perfEventError explains a perf event the kernel refused (tracepoint and
+// kretprobe modes attach through perf events). Debian's and Ubuntu's
+// kernels add kernel.perf_event_paranoid=3 (their default), where
+// perf_event_open wants CAP_SYS_ADMIN, not CAP_PERFMON.
+func perfEventError(err error) error {
+	if !errors.Is(err, unix.EACCES) && !errors.Is(err, unix.EPERM) || hasCap(capSysAdmin) {
+		return err
+	}
+	b, rerr := os.ReadFile("/proc/sys/kernel/perf_event_paranoid")
+	level := strings.TrimSpace(string(b))
+	if rerr == nil && level >= "3" && len(level) == 1 {
+		return &CapabilityError{Missing: []string{capSysAdmin.name},
+			For: "kernel.perf_event_paranoid is " + level + ", where this kernel opens perf events (for tracepoints and kprobes) only with CAP_SYS_ADMIN: grant it, or set kernel.perf_event_paranoid=2 (then CAP_PERFMON suffices)"}
+	}
+	return err
+}

@@ -319,7 +319,7 @@ func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("attaching: %w", err)
+		return nil, fmt.Errorf("attaching: %w", perfEventError(err))
 	}
 	for _, name := range tcpPrograms {
 		if err := t.attach(link.AttachTracing(link.TracingOptions{Program: coll.Programs[name]})); err != nil {
