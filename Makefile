@@ -7,8 +7,8 @@
 # The pinned BPF toolchain; `make generate` output is committed.
 CLANG ?= clang-14
 STRIP ?= llvm-strip-14
-# prometheus (server and promtool), systemd (systemd-analyze), zsh: packaging/ tests.
-DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev qemu-system-x86 iproute2 prometheus systemd zsh
+# prometheus (server and promtool), systemd (systemd-analyze), zsh, debootstrap: packaging/ tests.
+DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev qemu-system-x86 iproute2 prometheus systemd zsh debootstrap
 
 build:
 	go build -o acceptwatch ./cmd/acceptwatch
