@@ -294,7 +294,7 @@ func TestMetricsLongRun(t *testing.T) {
 	const top = 16
 	mapSize, conns := 4096, 40000
 	if vmGuest() {
-		mapSize, conns = 512, 4000
+		mapSize, conns = 1024, 6000
 	}
 	srv := listen(t)
 	p, url := startMetrics(t, "-port", strconv.Itoa(srv.port), "--max-addresses", strconv.Itoa(mapSize),
