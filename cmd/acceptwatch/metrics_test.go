@@ -123,8 +123,6 @@ func value(mfs map[string]*dto.MetricFamily, name string, labels ...string) floa
 	return -1
 }
 
-func synsCounted(mode string) bool { return mode == "fexit" || mode == "kretprobe" }
-
 // TestMetrics: N connections give exactly N on the port's counters and N
 // observations in its queue-wait histogram, in the text and the protobuf
 // formats (native histogram included); an unwatched port has no series.
@@ -153,15 +151,25 @@ func TestMetrics(t *testing.T) {
 	if got := value(text, "acceptwatch_accepts_total", "port", strconv.Itoa(other.port)); got != -1 {
 		t.Errorf("the unwatched port has a series: %v", got)
 	}
-	wantSyns := -1.0
-	if synsCounted(p.mode) {
-		wantSyns = float64(sent)
+	info := series(text, "acceptwatch_attach_info", map[string]string{"mode": p.mode})
+	if info == nil {
+		t.Fatalf("no acceptwatch_attach_info for %s", p.mode)
+	}
+	counter := ""
+	for _, l := range info.Label {
+		if l.GetName() == "syn_counter" {
+			counter = l.GetValue()
+		}
+	}
+	wantSyns := float64(sent)
+	if counter == "none" {
+		wantSyns = -1
 	}
 	if got := value(text, "acceptwatch_syns_total", "port", port); got != wantSyns {
-		t.Errorf("acceptwatch_syns_total = %v, want %v in %s mode (-1: absent)", got, wantSyns, p.mode)
+		t.Errorf("acceptwatch_syns_total = %v, want %v with SYN counter %q (-1: absent)", got, wantSyns, counter)
 	}
-	if got := value(text, "acceptwatch_attach_info", "mode", p.mode, "syns_counted", strconv.FormatBool(synsCounted(p.mode))); got != 1 {
-		t.Errorf("acceptwatch_attach_info for %s: %v", p.mode, got)
+	if got := value(text, "acceptwatch_accept_queue_drops_total", "port", port); got != 0 {
+		t.Errorf("acceptwatch_accept_queue_drops_total = %v, want 0", got)
 	}
 	for _, name := range []string{"acceptwatch_build_info", "acceptwatch_lost_events_total", "acceptwatch_tcpext_listen_overflows_total", "process_resident_memory_bytes"} {
 		if text[name] == nil {

@@ -29,8 +29,13 @@ func (f *fakeSource) Snapshot(drain func(tracer.AddressCounts)) (tracer.Snapshot
 	}
 	return f.snap, nil
 }
-func (f *fakeSource) Mode() string      { return "tracepoint" }
-func (f *fakeSource) SynsCounted() bool { return f.syns }
+func (f *fakeSource) Mode() string { return "tracepoint" }
+func (f *fakeSource) SynCounter() string {
+	if f.syns {
+		return "cgroup_skb"
+	}
+	return ""
+}
 func (f *fakeSource) RotateAddresses(fn func(tracer.AddressCounts)) error {
 	if len(f.windows) == 0 {
 		return nil
