@@ -113,7 +113,7 @@ func TestServiceBoot(t *testing.T) {
 		t.Fatalf("bootcheck: %q; console:\n%s", result, strings.Join(tail, "\n"))
 	}
 	t.Logf("the packaged service under systemd: %s", detail)
-	for _, want := range []string{"ActiveState=active", "DynamicUser=yes", "NoNewPrivileges=yes", "CapEff: 000000c000000004", "CapBnd: 000000c000000004", "NoNewPrivs: 1", "Seccomp: 2"} {
+	for _, want := range []string{"ActiveState=active", "DynamicUser=yes", "NoNewPrivileges=yes", "CapEff: 000000c000001004", "CapBnd: 000000c000001004", "NoNewPrivs: 1", "Seccomp: 2"} {
 		if !strings.Contains(detail, want) {
 			t.Errorf("the service runs without %q", want)
 		}

@@ -194,8 +194,8 @@ func runUnit(t *testing.T, root string) {
 	}
 	caps := strings.Fields(strings.Join(u["AmbientCapabilities"], " "))
 	if bound := strings.Fields(strings.Join(u["CapabilityBoundingSet"], " ")); !slices.Equal(caps, bound) ||
-		!slices.Equal(caps, []string{"CAP_BPF", "CAP_PERFMON", "CAP_DAC_READ_SEARCH"}) {
-		t.Fatalf("unit capabilities: ambient %v, bounding %v; want CAP_BPF CAP_PERFMON CAP_DAC_READ_SEARCH in both", caps, bound)
+		!slices.Equal(caps, []string{"CAP_BPF", "CAP_PERFMON", "CAP_DAC_READ_SEARCH", "CAP_NET_ADMIN"}) {
+		t.Fatalf("unit capabilities: ambient %v, bounding %v; want CAP_BPF CAP_PERFMON CAP_DAC_READ_SEARCH CAP_NET_ADMIN in both", caps, bound)
 	}
 
 	// The admin's flags, in the conffile the unit reads.
@@ -238,7 +238,7 @@ func runUnit(t *testing.T, root string) {
 	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
 	waitServing(t, d, metricsURL)
 	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
-	for _, want := range []string{"Uid:\t" + dynamicUID, "CapEff:\t000000c000000004", "CapBnd:\t000000c000000004", "NoNewPrivs:\t1"} {
+	for _, want := range []string{"Uid:\t" + dynamicUID, "CapEff:\t000000c000001004", "CapBnd:\t000000c000001004", "NoNewPrivs:\t1"} {
 		if !strings.Contains(string(status), want) {
 			t.Errorf("the service process lacks %q:\n%s", want, status)
 		}
@@ -250,6 +250,10 @@ func runUnit(t *testing.T, root string) {
 	want := fmt.Sprintf("acceptwatch_accepts_total{port=\"%d\"} %d\n", srv.port, n)
 	if !strings.Contains(body, want) {
 		t.Errorf("the service's metrics lack %q:\n%s", want, grep(body, "acceptwatch_accepts"))
+	}
+	// CAP_NET_ADMIN: the SYN counter attaches.
+	if want := fmt.Sprintf("acceptwatch_syns_total{port=\"%d\"} %d\n", srv.port, n); !strings.Contains(body, want) {
+		t.Errorf("the service's metrics lack %q:\n%s", want, grep(body, "syn"))
 	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
