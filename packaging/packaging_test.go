@@ -389,7 +389,7 @@ func exportedFamilies(t *testing.T) map[string]bool {
 			out[f[2]] = true
 		}
 	}
-	// acceptwatch_syns_total exists only in fexit and kretprobe modes.
+	// acceptwatch_syns_total is absent where no SYN counter attaches.
 	out["acceptwatch_syns_total"] = true
 	return out
 }
