@@ -11,7 +11,7 @@ STRIP ?= llvm-strip-14
 DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev qemu-system-x86 iproute2 prometheus systemd zsh debootstrap
 
 build:
-	go build -o acceptwatch ./cmd/acceptwatch
+	go build -buildvcs=true -ldflags "-X main.buildCommit=$$(git describe --always --dirty --abbrev=12 --exclude '*' 2>/dev/null)" -o acceptwatch ./cmd/acceptwatch
 
 test: deps check-generated
 	go vet ./...
@@ -51,12 +51,13 @@ deb:
 		-generated $(abspath $(DEB_OUT))/deb -packaging .. -o $(abspath $(DEB_OUT))/acceptwatch_$(DEB_VERSION)_amd64.deb
 	@echo $(DEB_OUT)/acceptwatch_$(DEB_VERSION)_amd64.deb
 
-# Benchmark (cmd/acceptbench, needs root): throughput with and without
-# acceptwatch, lost events, start-up, 1M addresses, kernel cost per event.
-# About 5 minutes. BENCH_FLAGS="-markdown bench.md" also writes markdown.
-# The snapshot section compares with netstat (net-tools) and measures peak
-# RSS with GNU time.
-BENCH_DEBS := net-tools time iproute2
+# Benchmark (cmd/acceptbench, needs root): start-up, added CPU per connection
+# against nothing traced and a bpftrace script (also inside QEMU for the fexit
+# and kretprobe modes), kernel cost per program, 1M addresses, snapshots.
+# About 25 minutes. BENCH_FLAGS="-markdown bench.md" also writes markdown;
+# BENCH_FLAGS="-sections cpu" runs one part. The snapshot section compares
+# with netstat (net-tools) and measures peak RSS with GNU time.
+BENCH_DEBS := net-tools time iproute2 bpftrace
 
 bench:
 	@dpkg -s $(BENCH_DEBS) >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(BENCH_DEBS); }

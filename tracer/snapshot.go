@@ -42,23 +42,27 @@ func (p *PortCounters) WaitCount() uint64 {
 // Lower <= w < Upper (Upper is +Inf for the last).
 type Bucket struct{ Lower, Upper float64 } // seconds
 
-// WaitBuckets are the bounds of the kernel's queue-wait buckets: bucket 0
-// holds waits under 1 µs, bucket i waits in [2^(i-1), 2^i) µs, the last one
-// the rest.
+// WaitBuckets are the bounds of the kernel's per-port queue-wait buckets
+// (PortCounters.WaitBuckets): log-linear, within 3.2 % of every wait they
+// hold; 16 linear buckets of 64 ns below WaitLinearBelow, then 16 per power
+// of two of nanoseconds; the last one holds the rest.
 func WaitBuckets() []Bucket {
 	n := len(acceptwatchPortStats{}.WaitHist)
 	out := make([]Bucket, n)
 	for i := range out {
-		if i > 0 {
-			out[i].Lower = out[i-1].Upper
-		}
-		out[i].Upper = math.Inf(1)
-		if i < n-1 {
-			out[i].Upper = bucketUpper(i).Seconds()
+		lo, hi := portBucket(i)
+		out[i] = Bucket{Lower: lo.Seconds(), Upper: hi.Seconds()}
+		if hi == forever {
+			out[i].Upper = math.Inf(1)
 		}
 	}
 	return out
 }
+
+// WaitLinearBelow is where the per-port buckets turn from linear (64 ns
+// wide) to log-linear: every bucket from here on is at most 1/16 of its
+// lower bound wide, and its bounds are whole nanoseconds.
+const WaitLinearBelow = time.Duration(1) << portWaitMinShift
 
 // Stats are the counts of what the kernel could not record, since start.
 type Stats struct {

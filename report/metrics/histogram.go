@@ -11,13 +11,41 @@ import (
 )
 
 // waitHistogram is one port's queue waits as a Prometheus histogram with
-// both forms: classic buckets (le = each kernel bucket's upper bound) and a
-// native (sparse, exponential) histogram. Both come from the kernel's
-// buckets; no observation is seen one by one.
+// both forms: classic buckets and a native (sparse, exponential) histogram.
+// Both come from the kernel's buckets; no observation is seen one by one.
 type waitHistogram struct {
-	native prometheus.Metric // count, sum, native buckets, labels
-	bounds []tracer.Bucket
-	counts []uint64
+	native  prometheus.Metric // count, sum, native buckets, labels
+	classic []classicBucket
+	counts  []uint64 // per kernel bucket
+}
+
+// classicBucket is a classic bucket's upper bound (le) and the last kernel
+// bucket it takes in: le is that kernel bucket's upper bound, so the
+// cumulative count is exact (the kernel's buckets hold waits under their
+// upper bound: le is exclusive by one nanosecond).
+type classicBucket struct {
+	le   float64
+	last int
+}
+
+// classicLayout picks the classic buckets' bounds among the kernel's: each
+// power of two of nanoseconds from tracer.WaitLinearBelow (1.024 µs) to
+// 2^40 ns (18.3 min; the kernel's finite buckets end at 35.5 min), one per
+// octave: 31 bounds. A
+// finer classic layout would multiply the series per port; the native
+// histogram carries the kernel's precision.
+func classicLayout(bounds []tracer.Bucket) []classicBucket {
+	var out []classicBucket
+	for i, b := range bounds {
+		if math.IsInf(b.Upper, 1) {
+			break
+		}
+		ns := int64(math.Round(b.Upper * 1e9))
+		if ns >= int64(tracer.WaitLinearBelow) && ns&(ns-1) == 0 {
+			out = append(out, classicBucket{le: b.Upper, last: i})
+		}
+	}
+	return out
 }
 
 func (h *waitHistogram) Desc() *prometheus.Desc { return h.native.Desc() }
@@ -27,24 +55,26 @@ func (h *waitHistogram) Write(m *dto.Metric) error {
 		return err
 	}
 	var cum uint64
-	for i, b := range h.bounds {
-		cum += h.counts[i]
-		if math.IsInf(b.Upper, 1) {
-			break // +Inf is implied by the count
+	next := 0 // kernel buckets counted so far
+	for _, b := range h.classic {
+		for ; next <= b.last; next++ {
+			cum += h.counts[next]
 		}
 		m.Histogram.Bucket = append(m.Histogram.Bucket, &dto.Bucket{
 			CumulativeCount: new(cum),
-			UpperBound:      new(b.Upper),
+			UpperBound:      new(b.le),
 		})
 	}
-	return nil
+	return nil // +Inf is implied by the count
 }
 
-// nativeLayout maps kernel buckets onto a native histogram: the zero bucket
-// takes a first bucket that starts at 0, and each other kernel bucket goes
-// whole into the native bucket holding its geometric middle, at the finest
-// schema whose buckets are no narrower than the kernel's (so a native
-// bucket is never more precise than the kernel's measurement).
+// nativeLayout maps kernel buckets onto a native histogram: the kernel's
+// buckets below zeroBelow go to the zero bucket (exactly: its threshold is
+// their upper bound), and each other kernel bucket goes whole into the
+// native bucket holding its geometric middle, at the finest schema whose
+// buckets are no narrower than the kernel's. A native bucket is then never
+// more precise than the kernel's measurement, and a kernel bucket's waits
+// lie in the native bucket they are counted in or the one next to it.
 type nativeLayout struct {
 	schema        int32
 	zeroThreshold float64
@@ -52,10 +82,13 @@ type nativeLayout struct {
 	zero          int   // kernel buckets [0, zero) go to the zero bucket
 }
 
-func newNativeLayout(bounds []tracer.Bucket) nativeLayout {
+// newNativeLayout lays out bounds (seconds), with the buckets that end at
+// or below zeroBelow (seconds) in the zero bucket.
+func newNativeLayout(bounds []tracer.Bucket, zeroBelow float64) nativeLayout {
 	l := nativeLayout{index: make([]int, len(bounds))}
-	if len(bounds) > 0 && bounds[0].Lower == 0 {
-		l.zero, l.zeroThreshold = 1, bounds[0].Upper
+	for l.zero < len(bounds) && bounds[l.zero].Upper <= zeroBelow*(1+1e-9) {
+		l.zeroThreshold = bounds[l.zero].Upper
+		l.zero++
 	}
 	// The widest finite kernel bucket, as a ratio upper/lower.
 	ratio := 1.0

@@ -47,13 +47,14 @@ type Collector struct {
 	top       *topTable  // nil without TopAddresses
 	rotations uint64
 	native    nativeLayout
-	bounds    []tracer.Bucket
+	classic   []classicBucket
 }
 
 // New returns a Collector reading src.
 func New(src Source, opts Options) *Collector {
-	c := &Collector{src: src, opts: opts, bounds: tracer.WaitBuckets()}
-	c.native = newNativeLayout(c.bounds)
+	bounds := tracer.WaitBuckets()
+	c := &Collector{src: src, opts: opts, classic: classicLayout(bounds)}
+	c.native = newNativeLayout(bounds, tracer.WaitLinearBelow.Seconds())
 	if opts.TopAddresses > 0 {
 		c.top = newTopTable(opts.TopAddresses)
 	}
@@ -226,7 +227,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.NewInvalidMetric(queueWait, err)
 			continue
 		}
-		ch <- &waitHistogram{native: native, bounds: c.bounds, counts: p.WaitBuckets}
+		ch <- &waitHistogram{native: native, classic: c.classic, counts: p.WaitBuckets}
 	}
 	if err == nil {
 		for _, m := range statCounters {

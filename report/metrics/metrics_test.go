@@ -94,17 +94,30 @@ acceptwatch_accept_queue_length_max{port="80"} 3
 	}
 }
 
-// TestWaitHistogram: classic buckets are cumulative with the kernel's upper
-// bounds; the native histogram has the same count and sum, the sub-µs bucket
-// in its zero bucket, and every kernel bucket inside the native bucket that
-// holds most of it.
-func TestWaitHistogram(t *testing.T) {
-	src := &fakeSource{snap: tracer.Snapshot{Ports: []tracer.PortCounters{port(80, 7, map[int]uint64{0: 1, 5: 4, 31: 2})}}}
-	c := New(src, Options{})
-	var h *dto.Histogram
+// portOfWaits is a port's counters after the given queue waits, each
+// counted in the kernel bucket that holds it.
+func portOfWaits(p uint16, waits []time.Duration) tracer.PortCounters {
+	bounds := tracer.WaitBuckets()
+	pc := tracer.PortCounters{Port: p, Accepted: uint64(len(waits)), Handshakes: uint64(len(waits)), WaitBuckets: make([]uint64, len(bounds))}
+	for _, w := range waits {
+		s := w.Seconds()
+		i := 0
+		for i < len(bounds)-1 && !(s >= bounds[i].Lower && s < bounds[i].Upper) {
+			i++
+		}
+		pc.WaitBuckets[i]++
+		pc.WaitSum += w
+	}
+	return pc
+}
+
+// collectWait returns the one queue-wait histogram c exports.
+func collectWait(t *testing.T, c *Collector) *dto.Histogram {
+	t.Helper()
 	ch := make(chan prometheus.Metric, 100)
 	c.Collect(ch)
 	close(ch)
+	var h *dto.Histogram
 	for m := range ch {
 		if m.Desc() != queueWait {
 			continue
@@ -118,26 +131,11 @@ func TestWaitHistogram(t *testing.T) {
 	if h == nil {
 		t.Fatal("no queue-wait histogram")
 	}
-	if h.GetSampleCount() != 7 {
-		t.Errorf("count %d, want 7", h.GetSampleCount())
-	}
-	bounds := tracer.WaitBuckets()
-	if len(h.Bucket) != len(bounds)-1 {
-		t.Fatalf("%d classic buckets, want %d (the last is +Inf)", len(h.Bucket), len(bounds)-1)
-	}
-	for i, b := range h.Bucket {
-		want := uint64(1)
-		if i >= 5 {
-			want = 5
-		}
-		if b.GetCumulativeCount() != want || b.GetUpperBound() != bounds[i].Upper {
-			t.Errorf("bucket %d: le=%g count %d, want le=%g count %d", i, b.GetUpperBound(), b.GetCumulativeCount(), bounds[i].Upper, want)
-		}
-	}
-	if h.GetSchema() != 0 || h.GetZeroThreshold() != 1e-6 || h.GetZeroCount() != 1 {
-		t.Errorf("native: schema %d zero threshold %g zero count %d, want 0, 1e-06, 1", h.GetSchema(), h.GetZeroThreshold(), h.GetZeroCount())
-	}
-	// Decode the spans: index -> count.
+	return h
+}
+
+// nativeBuckets decodes a native histogram's positive spans: index -> count.
+func nativeBuckets(h *dto.Histogram) map[int32]int64 {
 	got := map[int32]int64{}
 	var idx int32
 	var cnt int64
@@ -153,14 +151,98 @@ func TestWaitHistogram(t *testing.T) {
 			idx++
 		}
 	}
-	// Kernel bucket 5 is [16, 32) µs: native schema 0 bucket k holds
-	// (2^(k-1), 2^k] s; the middle 22.6 µs = 2^-15.43 lies in k = -15.
-	if got[-15] != 4 || len(got) != 2 {
-		t.Errorf("native buckets %v, want 4 in bucket -15 and the open last bucket's 2", got)
+	return got
+}
+
+// TestWaitHistogram: known waits through the kernel's log-linear buckets.
+// The classic buckets are one per octave, at kernel bounds (powers of two
+// of nanoseconds from 1.024 µs to 2^41 ns), so each cumulative count is
+// exactly the number of waits under its le. The native histogram has the
+// exact count and sum, the sub-1.024 µs waits exactly in its zero bucket,
+// schema 3 (the kernel's widest bucket above 1 µs is 1/16 of an octave's
+// start: 2^(1/8) is the finest native growth not finer than that), and
+// every wait in its own native bucket or the next one (a wait past the
+// kernel's last bound where that last, open bucket starts).
+func TestWaitHistogram(t *testing.T) {
+	waits := []time.Duration{
+		0, 63, 500, 1023, // linear buckets: the zero bucket
+		1024, 1100, 2047, 2048, 3 * time.Microsecond, 3 * time.Microsecond,
+		777 * time.Microsecond, 1500 * time.Microsecond, 20 * time.Millisecond, 20 * time.Millisecond,
+		time.Second, 90 * time.Second, 30 * time.Minute, 2 * time.Hour, // the last bucket: from 2^40 * 31/16 ns (35.5 min) on
 	}
-	lo, hi := math.Exp2(-16), math.Exp2(-15)
-	if overlap := (min(hi, 32e-6) - max(lo, 16e-6)) / 16e-6; overlap < 0.9 {
-		t.Errorf("native bucket -15 covers %.0f%% of kernel bucket 5, want ≥ 90%%", overlap*100)
+	bounds := tracer.WaitBuckets()
+	open := bounds[len(bounds)-1].Lower
+	c := New(&fakeSource{snap: tracer.Snapshot{Ports: []tracer.PortCounters{portOfWaits(80, waits)}}}, Options{})
+	h := collectWait(t, c)
+	var sum time.Duration
+	for _, w := range waits {
+		sum += w
+	}
+	if h.GetSampleCount() != uint64(len(waits)) || h.GetSampleSum() != sum.Seconds() {
+		t.Errorf("count %d sum %g, want %d and %g", h.GetSampleCount(), h.GetSampleSum(), len(waits), sum.Seconds())
+	}
+	if len(h.Bucket) != 31 {
+		t.Errorf("%d classic buckets, want 31 (2^10 to 2^40 ns)", len(h.Bucket))
+	}
+	for i, b := range h.Bucket {
+		le := time.Duration(1) << (10 + i)
+		var want uint64
+		for _, w := range waits {
+			if w < le {
+				want++
+			}
+		}
+		if b.GetUpperBound() != le.Seconds() || b.GetCumulativeCount() != want {
+			t.Errorf("classic bucket %d: le=%g count %d, want le=%g count %d", i, b.GetUpperBound(), b.GetCumulativeCount(), le.Seconds(), want)
+		}
+	}
+	if h.GetSchema() != 3 || h.GetZeroThreshold() != 1.024e-6 || h.GetZeroCount() != 4 {
+		t.Errorf("native: schema %d zero threshold %g zero count %d, want 3, 1.024e-06, 4", h.GetSchema(), h.GetZeroThreshold(), h.GetZeroCount())
+	}
+	got := nativeBuckets(h)
+	// Where each wait truly lies at schema 3: (2^((k-1)/8), 2^(k/8)].
+	want := map[int32]int64{}
+	var total int64
+	for _, w := range waits {
+		if w < 1024 {
+			continue
+		}
+		// The open last bucket is counted where it starts.
+		k := int32(math.Ceil(math.Log2(min(w.Seconds(), open*1.0001)) * 8))
+		if got[k] == 0 && got[k+1] == 0 && got[k-1] == 0 {
+			t.Errorf("wait %v (native bucket %d): no count in buckets %d..%d: %v", w, k, k-1, k+1, got)
+		}
+		want[k]++
+	}
+	for k, n := range got {
+		total += n
+		if want[k]+want[k-1]+want[k+1] == 0 {
+			t.Errorf("native bucket %d has %d, but no wait lies in it or next to it", k, n)
+		}
+	}
+	if total != int64(len(waits)-4) {
+		t.Errorf("%d in native buckets, want %d", total, len(waits)-4)
+	}
+}
+
+// TestNativeLayout: over every kernel bucket, the native bucket a kernel
+// bucket goes to holds at least half of it (in log scale), so its waits are
+// at most one native bucket off; the zero bucket ends at a kernel bound.
+func TestNativeLayout(t *testing.T) {
+	bounds := tracer.WaitBuckets()
+	l := newNativeLayout(bounds, tracer.WaitLinearBelow.Seconds())
+	if l.zero != 16 || l.zeroThreshold != bounds[15].Upper || bounds[16].Lower != l.zeroThreshold {
+		t.Fatalf("zero bucket: %d kernel buckets up to %g, want the 16 linear ones up to %g", l.zero, l.zeroThreshold, bounds[16].Lower)
+	}
+	scale := math.Exp2(float64(l.schema))
+	for i := l.zero; i < len(bounds)-1; i++ {
+		b := bounds[i]
+		k := float64(l.index[i])
+		nlo, nhi := math.Exp2((k-1)/scale), math.Exp2(k/scale)
+		in := math.Log2(min(nhi, b.Upper)/max(nlo, b.Lower)) / math.Log2(b.Upper/b.Lower)
+		if in < 0.5 {
+			t.Errorf("kernel bucket %d [%g, %g): %.0f%% in native bucket %v (%g, %g]", i, b.Lower, b.Upper, in*100, k, nlo, nhi)
+		}
 	}
 }
 
@@ -170,7 +252,7 @@ func TestNativeSchema(t *testing.T) {
 	for _, tc := range []struct {
 		ratio  float64
 		schema int32
-	}{{2, 0}, {1.05, 3}, {4, -1}, {1.0027, 8}} {
+	}{{2, 0}, {1.05, 3}, {17.0 / 16, 3}, {4, -1}, {1.0027, 8}} {
 		var bounds []tracer.Bucket
 		x := 1e-6
 		bounds = append(bounds, tracer.Bucket{Lower: 0, Upper: x})
@@ -178,7 +260,7 @@ func TestNativeSchema(t *testing.T) {
 			bounds = append(bounds, tracer.Bucket{Lower: x, Upper: x * tc.ratio})
 			x *= tc.ratio
 		}
-		if got := newNativeLayout(bounds).schema; got != tc.schema {
+		if got := newNativeLayout(bounds, 1e-6).schema; got != tc.schema {
 			t.Errorf("bucket ratio %g: schema %d, want %d", tc.ratio, got, tc.schema)
 		}
 	}
