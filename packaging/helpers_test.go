@@ -127,7 +127,7 @@ func listen(t *testing.T) *server {
 	return s
 }
 
-// connect makes n connections from 127.0.0.src and waits until the server
+// connect makes n connections from src and waits until the server
 // has accepted all it was sent.
 func (s *server) connect(t *testing.T, src string, n int) {
 	t.Helper()

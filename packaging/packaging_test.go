@@ -244,7 +244,7 @@ func runUnit(t *testing.T, root string) {
 		}
 	}
 	const n = 7
-	srv.connect(t, "127.0.0.3", n)
+	srv.connect(t, "127.0.100.3", n)
 	srv.wait(t, n)
 	body, _ := httpGet(metricsURL)
 	want := fmt.Sprintf("acceptwatch_accepts_total{port=\"%d\"} %d\n", srv.port, n)
@@ -380,7 +380,7 @@ func exportedFamilies(t *testing.T) map[string]bool {
 	d := startDaemon(t, exec.Command(acceptwatchBin(t), "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", port), "--metrics-top-addresses", "3", "-P", strconv.Itoa(srv.port)))
 	u := fmt.Sprintf("http://127.0.0.1:%d/metrics", port)
 	waitServing(t, d, u)
-	srv.connect(t, "127.0.0.4", 1)
+	srv.connect(t, "127.0.100.4", 1)
 	srv.wait(t, 1)
 	body, _ := httpGet(u)
 	out := map[string]bool{}

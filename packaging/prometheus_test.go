@@ -82,7 +82,7 @@ func TestPrometheus(t *testing.T) {
 
 	const n = 25
 	for i := range 5 {
-		srv.connect(t, fmt.Sprintf("127.0.0.%d", 20+i), n/5)
+		srv.connect(t, fmt.Sprintf("127.0.100.%d", 20+i), n/5)
 	}
 	srv.wait(t, n)
 	port := strconv.Itoa(srv.port)
