@@ -47,7 +47,19 @@ func TestServiceBoot(t *testing.T) {
 	tmp := t.TempDir()
 	root := filepath.Join(tmp, "root")
 	start := time.Now()
-	run(t, "", debootstrap, "--variant=minbase", "--include=systemd,systemd-sysv,dbus", "bookworm", root, mirrors.URIFor("bookworm"))
+	// The packages debootstrap fetches are kept in the cache beside the
+	// kernels (--make-tarball once, ~60 MB): later runs, in a network
+	// namespace without the mirror too, unpack them.
+	args := []string{"--variant=minbase", "--include=systemd,systemd-sysv,dbus"}
+	tarball := filepath.Join(cache, "debootstrap", "bookworm-minbase-systemd.tgz")
+	if _, err := os.Stat(tarball); err != nil {
+		os.MkdirAll(filepath.Dir(tarball), 0o755)
+		run(t, "", debootstrap, append(args, "--make-tarball="+tarball+".tmp", "bookworm", filepath.Join(tmp, "fetch"), mirrors.URIFor("bookworm"))...)
+		if err := os.Rename(tarball+".tmp", tarball); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run(t, "", debootstrap, append(args, "--unpack-tarball="+tarball, "bookworm", root, mirrors.URIFor("bookworm"))...)
 	t.Logf("debootstrap: %v", time.Since(start).Round(time.Second))
 
 	debPath := strings.TrimSpace(lastLine(run(t, repoRoot(t), "make", "-s", "deb", "DEB_OUT="+filepath.Join(tmp, "deb"))))
