@@ -238,6 +238,76 @@ func TestMetricsBacklog(t *testing.T) {
 	}
 }
 
+// TestMetricsWaitBuckets: connections left waiting in the queue for a known
+// time land in the right buckets of both histograms. Each wait lies between
+// the sleep (less a margin for the handshake's last step) and the time from
+// the first connect to the last accept, so the classic buckets below that
+// range hold none, those at or above it all; the native histogram has none
+// in its zero bucket and none in a bucket outside the range (one native
+// bucket of slack either side: kernel buckets go whole into one).
+func TestMetricsWaitBuckets(t *testing.T) {
+	requireRoot(t)
+	fd, port := rawListener(t, 16)
+	_, url := startMetrics(t, "-port", strconv.Itoa(port))
+	const n = 4
+	const sleep = 300 * time.Millisecond
+	began := time.Now()
+	connectN(t, "127.0.0.31", port, n)
+	time.Sleep(sleep)
+	acceptN(t, fd, n)
+	lo, hi := (sleep / 2).Seconds(), time.Since(began).Seconds()
+	var h *dto.Histogram
+	deadline := time.Now().Add(10 * time.Second)
+	for h.GetSampleCount() < n && time.Now().Before(deadline) {
+		if m := series(scrape(t, url, true), "acceptwatch_queue_wait_seconds", map[string]string{"port": strconv.Itoa(port)}); m != nil {
+			h = m.Histogram
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if h.GetSampleCount() != n {
+		t.Fatalf("queue-wait histogram count %d, want %d", h.GetSampleCount(), n)
+	}
+	if sum := h.GetSampleSum(); sum < n*lo || sum > n*hi {
+		t.Errorf("sum %gs, want %d waits of %.3f to %.3fs", sum, n, lo, hi)
+	}
+	if len(h.Bucket) == 0 {
+		t.Fatal("no classic buckets")
+	}
+	for _, b := range h.Bucket {
+		le, c := b.GetUpperBound(), b.GetCumulativeCount()
+		if (le <= lo && c != 0) || (le >= hi && c != n) {
+			t.Errorf("classic le=%g: %d, want %d (waits %.3f to %.3fs)", le, c, map[bool]int{true: 0, false: n}[le <= lo], lo, hi)
+		}
+		// Every bound is a kernel bucket bound: a power of two of ns.
+		if ns := int64(math.Round(le * 1e9)); ns&(ns-1) != 0 {
+			t.Errorf("classic le=%g is not 2^k ns", le)
+		}
+	}
+	if h.GetZeroCount() != 0 || h.Schema == nil {
+		t.Errorf("native: zero count %d, schema %v; want 0 and a schema", h.GetZeroCount(), h.Schema)
+	}
+	scale := math.Exp2(float64(h.GetSchema()))
+	var idx int32
+	var cnt, total int64
+	di := 0
+	for _, sp := range h.PositiveSpan {
+		idx += sp.GetOffset()
+		for range sp.GetLength() {
+			cnt += h.PositiveDelta[di]
+			di++
+			// Bucket idx holds (2^((idx-1)/scale), 2^(idx/scale)]; one of slack.
+			if bl, bh := math.Exp2(float64(idx-2)/scale), math.Exp2(float64(idx+1)/scale); cnt != 0 && (bh < lo || bl > hi) {
+				t.Errorf("native bucket %d (%g, %g] holds %d, outside %.3f to %.3fs", idx, math.Exp2(float64(idx-1)/scale), math.Exp2(float64(idx)/scale), cnt, lo, hi)
+			}
+			total += cnt
+			idx++
+		}
+	}
+	if total != n {
+		t.Errorf("%d in native buckets, want %d", total, n)
+	}
+}
+
 // TestMetricsLive: --live prints live lines beside the exporter.
 func TestMetricsLive(t *testing.T) {
 	requireRoot(t)
@@ -308,6 +378,11 @@ func TestMetricsLongRun(t *testing.T) {
 	p, url := startMetrics(t, "-port", strconv.Itoa(srv.port), "--max-addresses", strconv.Itoa(mapSize),
 		"--metrics-top-addresses", strconv.Itoa(top))
 	pid := p.cmd.Process.Pid
+	// The port's counters are allocated when it is first seen (the port
+	// map is not preallocated): one connection first, then every map's
+	// memory is what it stays.
+	dial(t, "127.0.0.1", "127.0.0.1", srv.port, 1)
+	srv.waitAccepted(t, 1)
 	kmem0 := mapMemlock(t, pid)
 	first := scrape(t, url, false)
 	heap0 := value(first, "go_memstats_heap_inuse_bytes")
