@@ -72,6 +72,7 @@ type Stats struct {
 	OverflowOther      uint64 // other per-address events not attributed
 	WaitsUnknown       uint64 // handshakes whose queue wait could not be kept
 	PortsOverflow      uint64 // events not counted per port: port table full
+	MissedRuns         uint64 // program runs the kernel skipped: a BPF program was running on that CPU
 }
 
 // KernelCounter is a TcpExt counter's value (since boot, network namespace wide).
@@ -157,6 +158,7 @@ func (t *Tracer) Snapshot(drain func(AddressCounts)) (Snapshot, error) {
 		OverflowOther:      stats[acceptwatchStatSTAT_OVERFLOW_OTHER],
 		WaitsUnknown:       stats[acceptwatchStatSTAT_PENDING_FULL],
 		PortsOverflow:      stats[acceptwatchStatSTAT_PORTS_FULL],
+		MissedRuns:         t.recursionMisses(),
 	}
 	if ns, err := readNetstat(); err == nil {
 		for i, name := range netstatNames {

@@ -171,7 +171,7 @@ func TestMetrics(t *testing.T) {
 	if got := value(text, "acceptwatch_accept_queue_drops_total", "port", port); got != 0 {
 		t.Errorf("acceptwatch_accept_queue_drops_total = %v, want 0", got)
 	}
-	for _, name := range []string{"acceptwatch_build_info", "acceptwatch_lost_events_total", "acceptwatch_tcpext_listen_overflows_total", "process_resident_memory_bytes"} {
+	for _, name := range []string{"acceptwatch_build_info", "acceptwatch_lost_events_total", "acceptwatch_hook_runs_missed_total", "acceptwatch_tcpext_listen_overflows_total", "process_resident_memory_bytes"} {
 		if text[name] == nil {
 			t.Errorf("no %s", name)
 		}

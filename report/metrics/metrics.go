@@ -110,6 +110,7 @@ var statCounters = []struct {
 	{addrOverflow, func(s *tracer.Stats) uint64 { return s.OverflowOther }, []string{"other"}},
 	{desc("queue_waits_unknown_total", "Handshakes whose queue wait could not be measured: too many connections queued at once."), func(s *tracer.Stats) uint64 { return s.WaitsUnknown }, nil},
 	{desc("port_overflow_total", "Events not counted per port: too many listening ports."), func(s *tracer.Stats) uint64 { return s.PortsOverflow }, nil},
+	{desc("hook_runs_missed_total", "Runs of acceptwatch's programs the kernel skipped because a BPF program was already running on that CPU: counts may be short by as much."), func(s *tracer.Stats) uint64 { return s.MissedRuns }, nil},
 }
 
 // kernelCounters are the TcpExt counters of acceptwatch's network namespace
