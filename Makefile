@@ -43,7 +43,7 @@ DEB_OUT ?= build
 DEB_VERSION ?= 0.1.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0)
 deb:
 	@mkdir -p $(DEB_OUT)/deb
-	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(DEB_OUT)/deb/acceptwatch ./cmd/acceptwatch
+	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.buildCommit=$$(git describe --always --dirty --abbrev=12 --exclude '*' 2>/dev/null)" -o $(DEB_OUT)/deb/acceptwatch ./cmd/acceptwatch
 	$(DEB_OUT)/deb/acceptwatch --man | gzip -9n > $(DEB_OUT)/deb/acceptwatch.8.gz
 	$(DEB_OUT)/deb/acceptwatch --completion bash > $(DEB_OUT)/deb/acceptwatch.bash
 	$(DEB_OUT)/deb/acceptwatch --completion zsh > $(DEB_OUT)/deb/_acceptwatch

@@ -222,7 +222,9 @@ func mergeErr(a, b <-chan error) <-chan error {
 	return out
 }
 
-// buildVersion is the module version and VCS revision, for build_info.
+// buildVersion is the module version and VCS revision, for build_info:
+// the commit Go recorded ("-dirty" if the work tree had changes), or where
+// it recorded none the one make stamped (buildCommit).
 func buildVersion() (version, revision string) {
 	version, revision = "unknown", "unknown"
 	bi, ok := debug.ReadBuildInfo()
@@ -230,10 +232,20 @@ func buildVersion() (version, revision string) {
 		return
 	}
 	version = bi.Main.Version
+	modified := false
 	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" {
+		switch s.Key {
+		case "vcs.revision":
 			revision = s.Value
+		case "vcs.modified":
+			modified = s.Value == "true"
 		}
+	}
+	if revision == "unknown" && buildCommit != "" {
+		return version, buildCommit
+	}
+	if modified {
+		revision += "-dirty"
 	}
 	return
 }

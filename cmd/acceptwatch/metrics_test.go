@@ -6,7 +6,6 @@ package main
 // Prometheus server tests are in packaging/, on the host).
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -502,7 +501,8 @@ func (s *server) settle(t *testing.T) int {
 }
 
 // mapMemlock sums the kernel memory charged to a process's BPF maps, from
-// the fdinfo of its descriptors.
+// the fdinfo of its descriptors (each map once: several descriptors may
+// hold it).
 func mapMemlock(t *testing.T, pid int) uint64 {
 	t.Helper()
 	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
@@ -510,29 +510,31 @@ func mapMemlock(t *testing.T, pid int) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sum uint64
+	maps := map[string]uint64{} // map_id -> memlock
 	for _, e := range entries {
-		f, err := os.Open(dir + "/" + e.Name())
+		b, err := os.ReadFile(dir + "/" + e.Name())
 		if err != nil {
 			continue
 		}
-		sc := bufio.NewScanner(f)
-		isMap := false
+		var id string
 		var memlock uint64
-		for sc.Scan() {
-			k, v, _ := strings.Cut(sc.Text(), ":")
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(line, ":")
 			v = strings.TrimSpace(v)
 			switch k {
-			case "map_type":
-				isMap = true
+			case "map_id":
+				id = v
 			case "memlock":
 				memlock, _ = strconv.ParseUint(v, 10, 64)
 			}
 		}
-		f.Close()
-		if isMap {
-			sum += memlock
+		if id != "" {
+			maps[id] = memlock
 		}
+	}
+	var sum uint64
+	for _, m := range maps {
+		sum += m
 	}
 	return sum
 }
