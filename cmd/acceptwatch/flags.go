@@ -188,21 +188,22 @@ const minInterval = 100 * time.Millisecond
 // expects says, per flag that takes a number or a duration, what a valid
 // value looks like: pflag's own errors quote strconv and time internals.
 var expects = map[string]string{
-	"pid":                  "a process id, 1 or more",
-	"count":                "a whole number (0: no limit)",
-	"top":                  "a whole number, 0 or more",
-	"max-addresses":        "a whole number, 1 or more",
-	"half-open-threshold":  "a whole number (0: never)",
-	"duration":             "a duration such as 30s or 5m (0: until Ctrl-C)",
-	"interval":             "a duration such as 10s (0: only the final summary)",
-	"wait-threshold":       "a duration such as 100ms (0: never)",
-	"syn-recv-share":       "a percentage, 0 to 100",
-	"address-share":        "a percentage, 0 to 100",
-	"close-wait-threshold": "a whole number",
-	"flood-min":            "a whole number",
-	"flood-factor":         "a number, 0 or more",
-	"flood-share":          "a share between 0 and 1",
-	"baseline-factor":      "a number, 0 or more",
+	"pid":                   "a process id, 1 or more",
+	"count":                 "a whole number (0: no limit)",
+	"top":                   "a whole number, 0 or more",
+	"max-addresses":         "a whole number, 1 or more",
+	"half-open-threshold":   "a whole number (0: never)",
+	"duration":              "a duration such as 30s or 5m (0: until Ctrl-C)",
+	"interval":              "a duration such as 10s (0: only the final summary)",
+	"wait-threshold":        "a duration such as 100ms (0: never)",
+	"syn-recv-share":        "a percentage, 0 to 100",
+	"address-share":         "a percentage, 0 to 100",
+	"close-wait-threshold":  "a whole number",
+	"flood-min":             "a whole number",
+	"flood-factor":          "a number, 0 or more",
+	"flood-share":           "a share between 0 and 1",
+	"baseline-factor":       "a number, 0 or more",
+	"metrics-top-addresses": fmt.Sprintf("a whole number, 0 to %d", maxTopAddresses),
 }
 
 // friendly rewrites pflag's errors for bad and missing values in the words

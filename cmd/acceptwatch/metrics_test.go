@@ -556,6 +556,8 @@ func TestMetricsFlags(t *testing.T) {
 		{[]string{"--metrics-addr", ":70000"}, `invalid --metrics-addr ":70000"`},
 		{[]string{"--metrics-addr", "example.org:1"}, "host must be an IP address"},
 		{[]string{"--metrics", "--metrics-top-addresses", "10001"}, "invalid --metrics-top-addresses 10001"},
+		{[]string{"--metrics", "--metrics-top-addresses", "ten"}, `invalid --metrics-top-addresses "ten": want a whole number, 0 to 10000`},
+		{[]string{"--metrics-addr", "--duration", "1s"}, "flag --metrics-addr needs a value (got the flag --duration)"},
 	} {
 		_, _, err := parseFlags(tc.args)
 		var u usageError
