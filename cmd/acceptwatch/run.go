@@ -13,8 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/acceptwatch/acceptwatch/report"
 	"github.com/acceptwatch/acceptwatch/report/baseline"
 	"github.com/acceptwatch/acceptwatch/tracer"
@@ -33,6 +31,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "acceptwatch %s\n", version())
 		return nil
 	}
+	if o.docs.requested() {
+		return o.docs.write(stdout, fs)
+	}
 	if o.snapshot.on {
 		return runSnapshot(o, stdout, stderr)
 	}
@@ -49,9 +50,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if o.output == "top" && !isTerminal(stdout) {
 		return usagef("-o top needs a terminal, and stdout is not one (use -o text or -o json)")
-	}
-	if err := checkPrivileges(); err != nil {
-		return err
 	}
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
@@ -75,6 +73,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		LiveEvents:   o.output != "top" && (!o.quiet || o.count > 0),
 		NoSynCounter: o.noSynCounter,
 	}
+	if o.metrics.on() {
+		o.metrics.configure(o, &cfg)
+	}
 	if o.ipv4 {
 		cfg.Family = 4
 	} else if o.ipv6 {
@@ -92,23 +93,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer t.Close()
 
 	fmt.Fprintf(stderr, "acceptwatch: tracing accepts on %s with %s (handshakes: sock:inet_sock_set_state); Ctrl-C to end\n", o.portsLabel(), t.Mode())
-	if o.readyFile != "" {
-		// Write then rename, so a waiter never sees an empty file.
-		tmp := o.readyFile + ".tmp"
-		if err := os.WriteFile(tmp, []byte(t.Mode()+"\n"), 0o644); err != nil {
-			return fmt.Errorf("writing ready file: %w", err)
-		}
-		if err := os.Rename(tmp, o.readyFile); err != nil {
-			return fmt.Errorf("writing ready file: %w", err)
-		}
-	}
 
-	l := &loop{o: o, t: t, now: openConnectionsNow(), base: base, stderr: stderr}
-	defer l.now.Close()
-	if o.output == "top" {
-		err = runTop(ctx, l, stdout.(*os.File))
-	} else {
-		err = l.lines(ctx, stdout)
+	if o.metrics.on() {
+		out := bufio.NewWriterSize(stdout, 64<<10)
+		err = serveMetrics(ctx, o, t, o.writer(out), out, stderr)
+	} else if err = writeReady(o.readyFile, t.Mode()); err == nil {
+		l := &loop{o: o, t: t, now: openConnectionsNow(), base: base, stderr: stderr}
+		defer l.now.Close()
+		if o.output == "top" {
+			err = runTop(ctx, l, stdout.(*os.File))
+		} else {
+			err = l.lines(ctx, stdout)
+		}
 	}
 	if isClosedPipe(err) {
 		return nil
@@ -119,12 +115,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // lines prints live lines and summaries as text or JSON.
 func (l *loop) lines(ctx context.Context, stdout io.Writer) error {
 	l.out = bufio.NewWriterSize(stdout, 64<<10)
-	if l.o.output == "json" {
-		l.w = report.NewJSON(l.out)
-	} else {
-		l.w = report.NewText(l.out, report.TextOptions{Top: l.o.top, Quiet: l.o.quiet})
-	}
+	l.w = l.o.writer(l.out)
 	return l.run(ctx)
+}
+
+// writer is the text or JSON writer of live lines and summaries.
+func (o *options) writer(out *bufio.Writer) report.Writer {
+	if o.output == "json" {
+		return report.NewJSON(out)
+	}
+	return report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet})
 }
 
 // portsLabel names the watched ports: "port 80,443" or "all ports".
@@ -133,6 +133,22 @@ func (o *options) portsLabel() string {
 		return "all ports"
 	}
 	return "port " + strings.Join(o.portNames, ",")
+}
+
+// writeReady creates the test hook's ready file: write then rename, so a
+// waiter never sees an empty file.
+func writeReady(path, mode string) error {
+	if path == "" {
+		return nil
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(mode+"\n"), 0o644); err != nil {
+		return fmt.Errorf("writing ready file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("writing ready file: %w", err)
+	}
+	return nil
 }
 
 // flushEvery bounds how long a live line waits in acceptwatch's output
@@ -314,24 +330,6 @@ func (l *loop) findings(s report.Summary, c *tracer.Counts) []string {
 		f = append(f, fmt.Sprintf("%d events not counted per port: too many listening ports", c.PortsOverflow))
 	}
 	return f
-}
-
-// checkPrivileges fails early, with the capabilities named, when the
-// process plainly cannot load BPF programs.
-func checkPrivileges() error {
-	if os.Geteuid() == 0 {
-		return nil
-	}
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return nil // let the kernel decide
-	}
-	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
-	if has(unix.CAP_SYS_ADMIN) || (has(unix.CAP_BPF) && has(unix.CAP_PERFMON)) {
-		return nil
-	}
-	return tracer.ErrPrivileges
 }
 
 func isClosedPipe(err error) bool {
