@@ -95,7 +95,8 @@ func (t *Tracer) AddressRotations() uint64 { return t.addrWin.drains }
 // next swap. Nothing is lost between the two: the swap returns only after
 // every program that may still update the old map has finished (replacing a
 // map-in-map slot waits for an RCU grace period), so the drain reads final
-// values. It needs Config.AddressWindows.
+// values. It needs Config.AddressWindows. The whole run's views (a Live
+// reader, Total, Window) keep counting what the drained map held.
 func (t *Tracer) RotateAddresses(fn func(AddressCounts)) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -121,17 +122,21 @@ func (t *Tracer) rotate(fn func(AddressCounts)) error {
 	w.cur, w.base = next, stats[acceptwatchStatSTAT_ADDR_NEW]
 	t.addrs = w.maps[next]
 	w.drains++
-	return w.drain(old, fn)
+	return w.drain(old, t.retired, fn)
 }
 
-// drain reads and deletes every entry of m, which no program updates any more.
-func (w *addrWindows) drain(m *ebpf.Map, fn func(AddressCounts)) error {
+// drain reads and deletes every entry of m, which no program updates any
+// more; keep, if not nil, takes each entry too.
+func (w *addrWindows) drain(m *ebpf.Map, keep *retiredAddrs, fn func(AddressCounts)) error {
 	const batch = 4096
 	if w.keys == nil {
 		w.keys = make([]acceptwatchAddrKey, batch)
 		w.vals = make([]acceptwatchAddrStats, batch)
 	}
 	emit := func(k *acceptwatchAddrKey, v *acceptwatchAddrStats) {
+		if keep != nil {
+			keep.add(k.Addr, v)
+		}
 		fn(AddressCounts{
 			Addr:          addrOfKey(k.Addr),
 			Accepted:      v.Accepted,

@@ -38,12 +38,16 @@ type Counts struct {
 
 // Total returns everything counted since the tracer started.
 func (t *Tracer) Total() (Counts, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	return t.collect(t.start, false)
 }
 
 // Window returns what was counted since the previous Window call (or the
 // start) and begins a new window.
 func (t *Tracer) Window() (Counts, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	c, err := t.collect(t.windowStart, true)
 	if err != nil {
 		return c, err

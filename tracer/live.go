@@ -15,7 +15,11 @@ import (
 // Read to the next, and per address only the count a rate needs is
 // remembered: once the set of addresses stops growing a Read allocates
 // nothing, and memory is bounded by --max-addresses, not by time.
-// A Live is not safe for concurrent use, nor with the Tracer's Total or Window.
+// Where the address maps take turns (Config.AddressWindows), an address's
+// counts are also what drained maps held (memory then grows with the
+// distinct addresses of the run, as the final summary's does). A Read, Total,
+// Window and RotateAddresses exclude each other: no swap falls inside a read.
+// A Live is not safe for concurrent use.
 type Live struct {
 	t        *Tracer
 	prevTime time.Time
@@ -104,6 +108,8 @@ type LiveTotals struct {
 // Live starts a live reader; the first Read's gains are everything counted
 // since the tracer started.
 func (t *Tracer) Live() *Live {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.retired == nil {
 		// Address maps drained from now on stay in the run's counts.
 		t.retired = newRetiredAddrs()
@@ -117,6 +123,9 @@ func (t *Tracer) Live() *Live {
 // and Interval says over how long.
 func (l *Live) Read(advance bool, visit func(*AddrSample)) (LiveTotals, error) {
 	t := l.t
+	// No swap of the address maps (RotateAddresses) in the middle of a read.
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	mono, now := monotonicNow()
 	tot := LiveTotals{Counts: Counts{Start: t.start, End: now, SynCounter: t.synCounter, DropCounters: t.DropCounters()}, Interval: now.Sub(l.prevTime)}
 	stats, err := t.readStats()

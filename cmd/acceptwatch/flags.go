@@ -283,6 +283,8 @@ func (o *options) validate() error {
 		switch {
 		case o.quiet, o.count > 0, o.interval > 0, o.snapshot.on:
 			return usagef("-o top draws a live table: -q, --count, --interval and --snapshot do not apply")
+		case o.metrics.on():
+			return usagef("-o top and --metrics exclude each other: run the exporter as its own process (the service) and -o top beside it")
 		case o.refresh < 100*time.Millisecond:
 			return usagef("invalid --refresh %s: must be at least 100ms", o.refresh)
 		}

@@ -107,6 +107,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-o", "top", "--count", "3"}, "-o top"},
 		{[]string{"-o", "top", "--interval", "1s"}, "-o top"},
 		{[]string{"-o", "top", "--snapshot"}, "-o top"},
+		{[]string{"-o", "top", "--metrics"}, "-o top and --metrics exclude each other"},
+		{[]string{"-o", "top", "--metrics-addr", ":9999"}, "-o top and --metrics exclude each other"},
 		{[]string{"-o", "top", "--refresh", "10ms"}, "--refresh"},
 		{[]string{"--refresh", "2s"}, "--refresh goes with -o top"},
 		// Numbers and durations: the same wording for every flag, no

@@ -136,8 +136,10 @@ func TestTopFrames(t *testing.T) {
 	screen := m.View()
 	t.Logf("first refresh:\n%s", screen)
 
-	if !strings.HasPrefix(screen, "acceptwatch ") || !strings.Contains(screen, tr.Mode()) || !strings.Contains(screen, "port "+strconv.Itoa(srv.port)) {
-		t.Errorf("title lacks the mode or the port")
+	title := strings.SplitN(screen, "\n", 2)[0]
+	if !strings.HasPrefix(title, "acceptwatch ") || !strings.Contains(title, tr.Mode()) ||
+		!strings.Contains(title, " port ") || !strings.Contains(title, strconv.Itoa(srv.port)) || !strings.Contains(title, strconv.Itoa(held)) {
+		t.Errorf("title lacks the mode or the ports: %q", title)
 	}
 	hdr := parseTable(t, screen, "ACCEPTS", regexp.MustCompile(`^(total|/s)$`))
 	if hdr.cell("total", "ACCEPTS") != "19" || hdr.cell("total", "HANDSHAKES") != "22" {
@@ -564,5 +566,158 @@ func TestTopPortRows(t *testing.T) {
 		BacklogMax: 3, BacklogLimit: 4, WaitP99: w.P99, HasWait: true}}
 	if !slices.Equal(got, want) {
 		t.Errorf("port rows\n%+v, want\n%+v", got, want)
+	}
+}
+
+// TestLiveAcrossSwaps: the live reader stays exact when the address maps
+// take turns (Config.AddressWindows, swapped and drained as the exporter
+// does): an address's accepts since the start and since the previous read
+// are neither lost nor counted twice, whether one swap falls between two
+// reads or several do, or swaps run all the while beside reads and traffic;
+// the final summary's counts too, and what the drains hand over adds up to
+// the same.
+func TestLiveAcrossSwaps(t *testing.T) {
+	requireRoot(t)
+	srv := listen(t)
+	tr, err := tracer.Open(tracer.Config{Attach: attachMode(), Ports: []uint16{uint16(srv.port)}, AddressWindows: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	live := tr.Live()
+	var mu sync.Mutex
+	drained := map[string]uint64{}
+	rotate := func() {
+		err := tr.RotateAddresses(func(c tracer.AddressCounts) {
+			mu.Lock()
+			drained[c.Addr.String()] += c.Accepted
+			mu.Unlock()
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	type row struct{ accepted, gained uint64 }
+	gained := map[string]uint64{} // the sum of every read's gains
+	read := func() (map[string]row, tracer.LiveTotals) {
+		t.Helper()
+		rows := map[string]row{}
+		tot, err := live.Read(true, func(a *tracer.AddrSample) {
+			k := a.Addr().String()
+			if _, dup := rows[k]; dup {
+				t.Errorf("%s visited twice in one read", k)
+			}
+			rows[k] = row{a.Accepted, a.NewAccepted}
+			gained[k] += a.NewAccepted
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rows, tot
+	}
+	check := func(when string, want map[string]row, total uint64) {
+		t.Helper()
+		rows, tot := read()
+		for a, w := range want {
+			if rows[a] != w {
+				t.Errorf("%s: %s accepted %d (+%d), want %d (+%d)", when, a, rows[a].accepted, rows[a].gained, w.accepted, w.gained)
+			}
+		}
+		if tot.TotalAccepted != total || tot.AddressCount != len(want) {
+			t.Errorf("%s: %d accepted from %d addresses, want %d from %d", when, tot.TotalAccepted, tot.AddressCount, total, len(want))
+		}
+	}
+
+	dial(t, "127.0.0.2", "127.0.0.1", srv.port, 5)
+	dial(t, "127.0.0.3", "127.0.0.1", srv.port, 3)
+	srv.waitAccepted(t, 8)
+	check("before any swap", map[string]row{"127.0.0.2": {5, 5}, "127.0.0.3": {3, 3}}, 8)
+	dial(t, "127.0.0.2", "127.0.0.1", srv.port, 4)
+	srv.waitAccepted(t, 12)
+	rotate()
+	dial(t, "127.0.0.2", "127.0.0.1", srv.port, 2)
+	dial(t, "127.0.0.4", "127.0.0.1", srv.port, 1)
+	srv.waitAccepted(t, 15)
+	check("a swap between two reads", map[string]row{"127.0.0.2": {11, 6}, "127.0.0.3": {3, 0}, "127.0.0.4": {1, 1}}, 15)
+	rotate()
+	rotate()
+	check("two swaps, no traffic", map[string]row{"127.0.0.2": {11, 0}, "127.0.0.3": {3, 0}, "127.0.0.4": {1, 0}}, 15)
+
+	// Swaps every 2 ms while five addresses connect and the reader reads.
+	stop := make(chan struct{})
+	var swaps sync.WaitGroup
+	swaps.Add(1)
+	go func() {
+		defer swaps.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+				rotate()
+			}
+		}
+	}()
+	var traffic sync.WaitGroup
+	const each = 200
+	for i := 5; i < 10; i++ {
+		traffic.Add(1)
+		go func() {
+			defer traffic.Done()
+			for range each {
+				if err := dialFrom(fmt.Sprintf("127.0.0.%d", i), srv.port); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { traffic.Wait(); close(done) }()
+	for reading := true; reading; {
+		select {
+		case <-done:
+			reading = false
+		case <-time.After(10 * time.Millisecond):
+			read()
+		}
+	}
+	srv.waitAccepted(t, 15+5*each)
+	close(stop)
+	swaps.Wait()
+	want := map[string]row{"127.0.0.2": {11, 0}, "127.0.0.3": {3, 0}, "127.0.0.4": {1, 0}}
+	rows, tot := read()
+	for i := 5; i < 10; i++ {
+		a := fmt.Sprintf("127.0.0.%d", i)
+		want[a] = row{each, rows[a].gained}
+		if gained[a] != each {
+			t.Errorf("%s: the reads' gains add up to %d, want %d", a, gained[a], each)
+		}
+	}
+	for a, w := range want {
+		if rows[a] != w {
+			t.Errorf("after swaps under traffic: %s accepted %d, want %d", a, rows[a].accepted, w.accepted)
+		}
+	}
+	if tot.TotalAccepted != 15+5*each {
+		t.Errorf("after swaps under traffic: %d accepted in all, want %d", tot.TotalAccepted, 15+5*each)
+	}
+	t.Logf("%d swaps", tr.AddressRotations())
+
+	// The final summary, and the drains handed over (one more swap drains
+	// what the map in use holds).
+	c, err := tr.Total()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotate()
+	for _, a := range c.Addresses {
+		w := want[a.Addr.String()].accepted
+		if a.Accepted != w || drained[a.Addr.String()] != w {
+			t.Errorf("%s: summary %d, drains %d, want %d", a.Addr, a.Accepted, drained[a.Addr.String()], w)
+		}
+	}
+	if c.TotalAccepted != 15+5*each || len(c.Addresses) != len(want) {
+		t.Errorf("summary: %d accepted from %d addresses, want %d from %d", c.TotalAccepted, len(c.Addresses), 15+5*each, len(want))
 	}
 }
