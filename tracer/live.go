@@ -35,7 +35,11 @@ type Live struct {
 	curKeys  []([16]byte)
 	curAcc   []uint64
 	index    map[[16]byte]int // prevKeys' positions, built only if the order ever differs
-	sample   AddrSample
+	// The map's order holds from one Read to the next: true until a drained
+	// map's counts come in (retiredAddrs visits them in no set order, and
+	// the map in use after a swap has an order of its own).
+	ordered bool
+	sample  AddrSample
 }
 
 // insertSlack: a program reads the clock a few microseconds before it
@@ -50,14 +54,15 @@ func (l *Live) before(k [16]byte, v *acceptwatchAddrStats, j *int) uint64 {
 		*j++
 		return l.prevAcc[*j-1]
 	}
-	if v.FirstNs > l.prevMono {
+	if v.FirstNs > l.prevMono && l.ordered {
 		// New since the previous Read began: the order puts the new ones
 		// in between.
 		return 0
 	}
 	// Older than the previous Read, so it saw this address, but not where
-	// the order says: look it up (should the kernel ever order its entries
-	// otherwise, the counts stay right, only slower).
+	// the order says, or the order changed (a swap of the address maps):
+	// look it up (should the kernel ever order its entries otherwise, the
+	// counts stay right, only slower).
 	if l.index == nil {
 		l.index = make(map[[16]byte]int, len(l.prevKeys))
 		for i, pk := range l.prevKeys {
@@ -134,6 +139,7 @@ func (l *Live) Read(advance bool, visit func(*AddrSample)) (LiveTotals, error) {
 	}
 	s := &l.sample
 	j := 0
+	l.ordered = t.retired == nil || len(t.retired.m) == 0
 	l.curKeys, l.curAcc = l.curKeys[:0], l.curAcc[:0]
 	err = t.eachAddr(func(k [16]byte, v *acceptwatchAddrStats) {
 		*s = AddrSample{

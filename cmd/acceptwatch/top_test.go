@@ -573,9 +573,10 @@ func TestTopPortRows(t *testing.T) {
 // take turns (Config.AddressWindows, swapped and drained as the exporter
 // does): an address's accepts since the start and since the previous read
 // are neither lost nor counted twice, whether one swap falls between two
-// reads or several do, or swaps run all the while beside reads and traffic;
-// the final summary's counts too, and what the drains hand over adds up to
-// the same.
+// reads or several do, or swaps run all the while beside reads and traffic
+// (then the address side must add up to the port counters, which are never
+// swapped); the final summary's counts too, and what the drains hand over
+// adds up to the same.
 func TestLiveAcrossSwaps(t *testing.T) {
 	requireRoot(t)
 	srv := listen(t)
@@ -685,24 +686,35 @@ func TestLiveAcrossSwaps(t *testing.T) {
 	srv.waitAccepted(t, 15+5*each)
 	close(stop)
 	swaps.Wait()
-	want := map[string]row{"127.0.0.2": {11, 0}, "127.0.0.3": {3, 0}, "127.0.0.4": {1, 0}}
 	rows, tot := read()
+	// The port counters are never swapped: the address side must add up
+	// to them. Runs the kernel skipped (kretprobe mode under QEMU skips a
+	// few while another BPF program runs on the CPU) are missing from
+	// both, and counted.
+	var portAcc uint64
+	for _, p := range tot.Listeners {
+		portAcc += p.Accepted
+	}
+	t.Logf("%d swaps; the kernel skipped %d hook runs; %d accepts counted of %d", tr.AddressRotations(), tot.MissedRuns, tot.TotalAccepted, 15+5*each)
+	if tot.TotalAccepted != portAcc || tot.AddressOverflow != 0 {
+		t.Errorf("after swaps under traffic: %d accepts per address (%d overflow), %d per port", tot.TotalAccepted, tot.AddressOverflow, portAcc)
+	}
+	if tot.TotalAccepted > 15+5*each || tot.TotalAccepted+tot.MissedRuns < 15+5*each {
+		t.Errorf("after swaps under traffic: %d accepts counted, %d made, %d hook runs skipped", tot.TotalAccepted, 15+5*each, tot.MissedRuns)
+	}
+	want := map[string]uint64{"127.0.0.2": 11, "127.0.0.3": 3, "127.0.0.4": 1}
 	for i := 5; i < 10; i++ {
 		a := fmt.Sprintf("127.0.0.%d", i)
-		want[a] = row{each, rows[a].gained}
-		if gained[a] != each {
-			t.Errorf("%s: the reads' gains add up to %d, want %d", a, gained[a], each)
+		want[a] = rows[a].accepted
+		if rows[a].accepted > each || tot.MissedRuns == 0 && rows[a].accepted != each {
+			t.Errorf("%s: accepted %d, want %d", a, rows[a].accepted, each)
 		}
 	}
 	for a, w := range want {
-		if rows[a] != w {
-			t.Errorf("after swaps under traffic: %s accepted %d, want %d", a, rows[a].accepted, w.accepted)
+		if rows[a].accepted != w || gained[a] != w {
+			t.Errorf("after swaps under traffic: %s accepted %d, the reads' gains add up to %d, want %d", a, rows[a].accepted, gained[a], w)
 		}
 	}
-	if tot.TotalAccepted != 15+5*each {
-		t.Errorf("after swaps under traffic: %d accepted in all, want %d", tot.TotalAccepted, 15+5*each)
-	}
-	t.Logf("%d swaps", tr.AddressRotations())
 
 	// The final summary, and the drains handed over (one more swap drains
 	// what the map in use holds).
@@ -712,12 +724,12 @@ func TestLiveAcrossSwaps(t *testing.T) {
 	}
 	rotate()
 	for _, a := range c.Addresses {
-		w := want[a.Addr.String()].accepted
+		w := want[a.Addr.String()]
 		if a.Accepted != w || drained[a.Addr.String()] != w {
 			t.Errorf("%s: summary %d, drains %d, want %d", a.Addr, a.Accepted, drained[a.Addr.String()], w)
 		}
 	}
-	if c.TotalAccepted != 15+5*each || len(c.Addresses) != len(want) {
-		t.Errorf("summary: %d accepted from %d addresses, want %d from %d", c.TotalAccepted, len(c.Addresses), 15+5*each, len(want))
+	if c.TotalAccepted != tot.TotalAccepted || len(c.Addresses) != len(want) {
+		t.Errorf("summary: %d accepted from %d addresses, want %d from %d", c.TotalAccepted, len(c.Addresses), tot.TotalAccepted, len(want))
 	}
 }
