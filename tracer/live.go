@@ -25,7 +25,7 @@ type Live struct {
 	prevTime time.Time
 	// The previous advancing Read's counters, in the order the map gave
 	// them. The kernel's hash map never moves an entry and nothing deletes
-	// from it, so a Read meets the previous entries in the same order, with
+	// from the map in use, so a Read meets the previous entries in the same order, with
 	// new ones in between: matching them in step reads this memory
 	// sequentially (a Go map of 100,000 addresses missed the cache on
 	// every lookup and cost a third of a refresh).
@@ -107,7 +107,7 @@ func (s *AddrSample) Last() time.Time { return s.t.wall(s.LastNs) }
 type LiveTotals struct {
 	Counts
 	Interval     time.Duration // since the previous Read that advanced
-	AddressCount int           // entries in the address map
+	AddressCount int           // addresses counted (those only drained maps held included)
 }
 
 // Live starts a live reader; the first Read's gains are everything counted
