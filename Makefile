@@ -7,7 +7,7 @@
 # The pinned BPF toolchain; `make generate` output is committed.
 CLANG ?= clang-14
 STRIP ?= llvm-strip-14
-DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev qemu-system-x86 iproute2
+DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev linux-libc-dev-arm64-cross qemu-system-x86 qemu-system-arm iproute2
 
 build:
 	go build -o acceptwatch ./cmd/acceptwatch

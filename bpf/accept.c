@@ -188,12 +188,12 @@ int aw_tp_accept(struct trace_event_raw_sys_exit *ctx)
 	if (fd < 0)
 		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
-	struct pt_regs___kernel *regs = (struct pt_regs___kernel *)bpf_task_pt_regs(task);
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	struct fdtable *fdt = task->files->fdt;
 	struct file **fds = fdt->fd;
 	unsigned int max_fds = fdt->max_fds;
 
-	handle_accept(false, true, fd_sock(fds, max_fds, fd), fd_sock(fds, max_fds, regs->di));
+	handle_accept(false, true, fd_sock(fds, max_fds, fd), fd_sock(fds, max_fds, SYSCALL_ARG1(regs)));
 	return 0;
 }
 
