@@ -14,6 +14,7 @@ build:
 
 test: deps check-generated
 	go vet ./...
+	GOARCH=arm64 go vet ./...
 	go test -count=1 ./...
 	$(MAKE) vmtest
 
@@ -30,10 +31,10 @@ check-generated: generate
 
 # Kernel matrix (vmtest/README.md). Packages holding kernel tests:
 VMTEST_PACKAGES ?= ./cmd/acceptwatch
-# Optional: KERNELS=6.1 MODES=fexit (comma-separated) to run a subset.
+# Optional: KERNELS=6.1 ARCHES=arm64 MODES=fexit (comma-separated) to run a subset.
 
 vmtest:
-	go run ./vmtest/cmd/matrix -packages "$(VMTEST_PACKAGES)" $(if $(KERNELS),-kernels "$(KERNELS)") $(if $(MODES),-modes "$(MODES)")
+	go run ./vmtest/cmd/matrix -packages "$(VMTEST_PACKAGES)" $(if $(KERNELS),-kernels "$(KERNELS)") $(if $(ARCHES),-arches "$(ARCHES)") $(if $(MODES),-modes "$(MODES)")
 
 # Benchmark (cmd/acceptbench, needs root): throughput with and without
 # acceptwatch, lost events, start-up, 1M addresses, kernel cost per event.
