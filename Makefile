@@ -10,7 +10,7 @@ STRIP ?= llvm-strip-14
 DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev linux-libc-dev-arm64-cross qemu-system-x86 qemu-system-arm iproute2
 
 build:
-	go build -o acceptwatch ./cmd/acceptwatch
+	go build -buildvcs=true -ldflags "-X main.buildCommit=$$(git describe --always --dirty --abbrev=12 --exclude '*' 2>/dev/null)" -o acceptwatch ./cmd/acceptwatch
 
 test: deps check-generated
 	go vet ./...
@@ -36,12 +36,13 @@ VMTEST_PACKAGES ?= ./cmd/acceptwatch
 vmtest:
 	go run ./vmtest/cmd/matrix -packages "$(VMTEST_PACKAGES)" $(if $(KERNELS),-kernels "$(KERNELS)") $(if $(ARCHES),-arches "$(ARCHES)") $(if $(MODES),-modes "$(MODES)")
 
-# Benchmark (cmd/acceptbench, needs root): throughput with and without
-# acceptwatch, lost events, start-up, 1M addresses, kernel cost per event.
-# About 5 minutes. BENCH_FLAGS="-markdown bench.md" also writes markdown.
-# The snapshot section compares with netstat (net-tools) and measures peak
-# RSS with GNU time.
-BENCH_DEBS := net-tools time iproute2
+# Benchmark (cmd/acceptbench, needs root): start-up, added CPU per connection
+# against nothing traced and a bpftrace script (also inside QEMU for the fexit
+# and kretprobe modes), kernel cost per program, 1M addresses, snapshots.
+# About 25 minutes. BENCH_FLAGS="-markdown bench.md" also writes markdown;
+# BENCH_FLAGS="-sections cpu" runs one part. The snapshot section compares
+# with netstat (net-tools) and measures peak RSS with GNU time.
+BENCH_DEBS := net-tools time iproute2 bpftrace
 
 bench:
 	@dpkg -s $(BENCH_DEBS) >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(BENCH_DEBS); }

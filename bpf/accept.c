@@ -150,11 +150,20 @@ int BPF_KRETPROBE(aw_kretprobe_acc, struct sock *ret)
 	return 0;
 }
 
+/* From 6.2 the bpf_rdonly_cast() kfunc turns a kernel address into a BTF
+ * pointer, whose fields load directly (the JIT makes them fault-safe loads)
+ * where each step costs a bpf_probe_read_kernel() call without it: 13 calls
+ * per accept become 2 (the fd table slots, which are not structs). */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+#define CAST(type, p) ((type *)bpf_rdonly_cast((void *)(p), bpf_core_type_id_kernel(type)))
+
 /* The TCP socket behind a file descriptor, given the task's fd table:
  * fdt->fd[fd]->private_data (struct socket)->sk, or for an MPTCP socket its
  * first subflow, which holds the accept queue and the addresses (an MPTCP
- * listener's own counters stay zero). NULL for anything else. */
-static __always_inline struct sock *fd_sock(struct file **fds, unsigned int max_fds, long fd)
+ * listener's own counters stay zero). NULL for anything else. cast is a
+ * constant at each call site: the program holds one form only. */
+static __always_inline struct sock *fd_sock(bool cast, struct file **fds, unsigned int max_fds, long fd)
 {
 	struct file *file = NULL;
 
@@ -162,38 +171,53 @@ static __always_inline struct sock *fd_sock(struct file **fds, unsigned int max_
 		return NULL;
 	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
 		return NULL;
-	struct socket *sock = BPF_CORE_READ(file, private_data);
-	struct sock *sk = sock ? BPF_CORE_READ(sock, sk) : NULL;
+	struct socket *sock = cast ? CAST(struct socket, CAST(struct file, file)->private_data) :
+				     BPF_CORE_READ(file, private_data);
+	struct sock *sk = sock ? RD(cast, sock, sk) : NULL;
 
 	if (!sk)
 		return NULL;
-	__u16 protocol = BPF_CORE_READ(sk, sk_protocol);
+	__u16 protocol = RD(cast, sk, sk_protocol);
 
 	if (protocol == IPPROTO_TCP)
 		return sk;
-	if (protocol == IPPROTO_MPTCP && bpf_core_field_exists(((struct mptcp_sock *)0)->first))
-		return BPF_CORE_READ((struct mptcp_sock *)sk, first);
-	return NULL;
+	if (protocol != IPPROTO_MPTCP || !bpf_core_type_exists(struct mptcp_sock) ||
+	    !bpf_core_field_exists(((struct mptcp_sock *)0)->first))
+		return NULL;
+	return cast ? CAST(struct mptcp_sock, sk)->first : BPF_CORE_READ((struct mptcp_sock *)sk, first);
 }
 
 /* Tracepoint mode, for kernels that allow only tracepoints: the new
  * descriptor is the return value of accept()/accept4(), the listening one
  * their first argument, still in the task's saved registers at exit (5.15+:
  * bpf_task_pt_regs). The task and its fd table are BTF pointers there. */
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int aw_tp_accept(struct trace_event_raw_sys_exit *ctx)
+static __always_inline void tp_accept(bool cast, struct trace_event_raw_sys_exit *ctx)
 {
 	long fd = ctx->ret;
 
 	if (fd < 0)
-		return 0;
+		return;
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	struct fdtable *fdt = task->files->fdt;
 	struct file **fds = fdt->fd;
 	unsigned int max_fds = fdt->max_fds;
 
-	handle_accept(false, true, fd_sock(fds, max_fds, fd), fd_sock(fds, max_fds, SYSCALL_ARG1(regs)));
+	handle_accept(cast, true, fd_sock(cast, fds, max_fds, fd),
+		      fd_sock(cast, fds, max_fds, SYSCALL_ARG1(regs)));
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int aw_tp_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	tp_accept(false, ctx);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int aw_tp_accept_btf(struct trace_event_raw_sys_exit *ctx)
+{
+	tp_accept(true, ctx);
 	return 0;
 }
 
@@ -204,7 +228,7 @@ static __always_inline struct sock *current_fd_sock(long fd)
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 
-	return fd_sock(BPF_CORE_READ(fdt, fd), BPF_CORE_READ(fdt, max_fds), fd);
+	return fd_sock(false, BPF_CORE_READ(fdt, fd), BPF_CORE_READ(fdt, max_fds), fd);
 }
 
 SEC("tracepoint/syscalls/sys_enter_accept4")

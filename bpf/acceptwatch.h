@@ -2,9 +2,22 @@
  * from these by bpf2go -type, never written by hand). */
 #pragma once
 
-/* Queue waits are kept as log2 histograms of microseconds: bucket 0 holds
- * waits under 1 us, bucket i waits in [2^(i-1), 2^i) us, the last one the rest. */
-#define WAIT_BUCKETS 32 /* a power of two: indexes are masked for the verifier */
+/* Queue waits per address: a log2 histogram of microseconds (bucket 0 holds
+ * waits under 1 us, bucket i waits in [2^(i-1), 2^i) us, the last one the
+ * rest) plus the smallest and largest wait, which narrow the bucket a
+ * percentile falls in. Small, because there is one per address. */
+#define ADDR_WAIT_BUCKETS 30
+
+/* Queue waits per port: log-linear buckets of nanoseconds, within 3.2 % of
+ * every value they hold. Below 2^PORT_WAIT_MIN_SHIFT ns, 2^PORT_WAIT_SUB_BITS
+ * linear buckets; then 2^PORT_WAIT_SUB_BITS per power of two, up to
+ * 2^(PORT_WAIT_MIN_SHIFT + PORT_WAIT_OCTAVES) ns (36 minutes); the last bucket
+ * holds the rest. 512 in all: a power of two, so that an index is masked
+ * (older verifiers lose a compared bound when clang reuses a register). */
+#define PORT_WAIT_SUB_BITS 4
+#define PORT_WAIT_MIN_SHIFT 10
+#define PORT_WAIT_OCTAVES 31
+#define PORT_WAIT_BUCKETS ((1 << PORT_WAIT_SUB_BITS) * (PORT_WAIT_OCTAVES + 1))
 
 /* One live event in the ring buffer. Addresses are 16 bytes; IPv4 (and IPv4
  * clients of dual-stack listeners) are stored v4-mapped with family 4. */
@@ -40,13 +53,16 @@ struct addr_key {
 	__u8 addr[16];
 };
 
-/* The fields every accept and handshake writes come first, together: the
- * entry's cache lines move between CPUs, and fewer lines move faster. */
+/* The fields every accept and handshake writes come first, together (one
+ * cache line): the entry's cache lines move between CPUs, and fewer lines
+ * move faster. 216 bytes, as before the minimum wait was added: the map is
+ * preallocated, up to a million entries. */
 struct addr_stats {
 	__u64 accepted;
 	__u64 handshakes;
 	__u64 last_ns;
 	__u64 wait_max_ns;
+	__u64 wait_min_ns; /* ~0 until a wait is known */
 	__u32 window;
 	/* Final ACKs dropped because the accept queue was full (kernels with
 	 * the TCP_LISTEN_OVERFLOW drop reason). 32 bits in what was padding:
@@ -59,10 +75,11 @@ struct addr_stats {
 	__u64 gone;           /* accepted after the client closed or reset */
 	__u64 synack_retrans; /* SYN-ACKs resent: handshake not completed */
 	__u64 syns;           /* SYNs that reached the listener */
-	__u32 wait_hist[WAIT_BUCKETS];
+	__u32 wait_hist[ADDR_WAIT_BUCKETS];
 };
 
-/* Per listening port. */
+/* Per listening port, per CPU: 2,112 bytes a CPU, allocated for a port when
+ * it is first seen (the map is not preallocated). */
 struct port_stats {
 	__u64 accepted;
 	__u64 not_accepted;
@@ -70,9 +87,10 @@ struct port_stats {
 	__u64 syns;
 	__u64 drops; /* final ACKs dropped: accept queue full */
 	__u64 wait_max_ns;
+	__u64 wait_min_ns; /* 0 until a wait is known (at least 1 after) */
 	__u32 backlog_max; /* most connections queued at one accept */
 	__u32 backlog_limit;
-	__u32 wait_hist[WAIT_BUCKETS];
+	__u32 wait_hist[PORT_WAIT_BUCKETS];
 };
 
 /* A completed handshake waiting in an accept queue, by child socket. */

@@ -44,13 +44,24 @@ struct {
 } aw_addrs SEC(".maps");
 
 /* Per listening port, per CPU: every accept updates its port's counters, and
- * one shared copy would bounce between the CPUs' caches. */
+ * one shared copy would bounce between the CPUs' caches. Not preallocated:
+ * with its fine histogram an entry is 2 KiB per CPU, and only the ports seen
+ * take memory (4096 preallocated would be 8.5 MiB per CPU). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct port_stats);
 } aw_lports SEC(".maps");
+
+/* One zeroed port_stats, to create port entries from: too big for the stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct port_stats);
+} aw_port_zero SEC(".maps");
 
 /* Completed handshakes not yet accepted, by child socket address. (A
  * direct-mapped array keyed by the connection hash was tried: no cheaper
@@ -119,26 +130,52 @@ static __always_inline bool port_watched(__u16 port)
 	return on && *on;
 }
 
-static __always_inline __u32 wait_bucket(__u64 ns)
+/* floor(log2(v)) for v > 0, without a loop. */
+static __always_inline __u32 log2_u64(__u64 v)
 {
-	__u64 us = ns / 1000;
 	__u32 b = 0;
 
-	/* floor(log2(us)) + 1 without a loop; 0 for waits under 1 us. */
-	if (us >= 1ULL << 16) { us >>= 16; b += 16; }
-	if (us >= 1ULL << 8) { us >>= 8; b += 8; }
-	if (us >= 1ULL << 4) { us >>= 4; b += 4; }
-	if (us >= 1ULL << 2) { us >>= 2; b += 2; }
-	if (us >= 1ULL << 1) { us >>= 1; b += 1; }
-	b += us; /* us is 0 or 1 here */
-	if (b > WAIT_BUCKETS - 1)
-		b = WAIT_BUCKETS - 1;
+	if (v >= 1ULL << 32) { v >>= 32; b += 32; }
+	if (v >= 1ULL << 16) { v >>= 16; b += 16; }
+	if (v >= 1ULL << 8) { v >>= 8; b += 8; }
+	if (v >= 1ULL << 4) { v >>= 4; b += 4; }
+	if (v >= 1ULL << 2) { v >>= 2; b += 2; }
+	if (v >= 1ULL << 1) b += 1;
 	return b;
+}
+
+/* An address's log2 bucket of a wait (see ADDR_WAIT_BUCKETS). */
+static __always_inline __u32 addr_wait_bucket(__u64 ns)
+{
+	__u64 us = ns / 1000;
+	__u32 b = us ? log2_u64(us) + 1 : 0;
+
+	return b < ADDR_WAIT_BUCKETS ? b : ADDR_WAIT_BUCKETS - 1;
+}
+
+/* A port's log-linear bucket of a wait (see PORT_WAIT_BUCKETS). */
+static __always_inline __u32 port_wait_bucket(__u64 ns)
+{
+	const __u32 sub = 1 << PORT_WAIT_SUB_BITS;
+
+	if (ns < 1ULL << PORT_WAIT_MIN_SHIFT)
+		return ns >> (PORT_WAIT_MIN_SHIFT - PORT_WAIT_SUB_BITS);
+	__u32 e = log2_u64(ns);
+
+	if (e >= PORT_WAIT_MIN_SHIFT + PORT_WAIT_OCTAVES)
+		return PORT_WAIT_BUCKETS - 1;
+	return sub + (e - PORT_WAIT_MIN_SHIFT) * sub + ((ns >> (e - PORT_WAIT_SUB_BITS)) & (sub - 1));
 }
 
 static __always_inline void max_u64(__u64 *dst, __u64 v)
 {
 	if (v > *dst)
+		*dst = v;
+}
+
+static __always_inline void min_u64(__u64 *dst, __u64 v)
+{
+	if (v < *dst)
 		*dst = v;
 }
 
@@ -160,6 +197,7 @@ static __always_inline struct addr_stats *addr_entry(struct addr_key *key, __u64
 		.last_ns = now,
 		.window_first_ns = now,
 		.window = window_id,
+		.wait_min_ns = ~0ULL,
 	};
 	/* NOEXIST: another CPU may have inserted it first; then use theirs. */
 	bpf_map_update_elem(&aw_addrs, key, &init, BPF_NOEXIST);
@@ -191,10 +229,12 @@ static __always_inline void count_addr(struct addr_key *key, struct delta *d, __
 	if (d->drop)
 		__sync_fetch_and_add(&st->drops, 1);
 	if (d->has_wait) {
-		__u32 b = wait_bucket(d->wait_ns) & (WAIT_BUCKETS - 1);
+		__u32 b = addr_wait_bucket(d->wait_ns);
 
-		__sync_fetch_and_add(&st->wait_hist[b], 1);
+		if (b < ADDR_WAIT_BUCKETS) /* for the verifier */
+			__sync_fetch_and_add(&st->wait_hist[b], 1);
 		max_u64(&st->wait_max_ns, d->wait_ns);
+		min_u64(&st->wait_min_ns, d->wait_ns);
 	}
 	st->last_ns = now;
 	if (st->window != window_id) {
@@ -209,9 +249,11 @@ static __always_inline void count_port(__u16 lport, struct delta *d)
 	struct port_stats *ps = bpf_map_lookup_elem(&aw_lports, &key);
 
 	if (!ps) {
-		struct port_stats init = {};
+		__u32 zero = 0;
+		struct port_stats *init = bpf_map_lookup_elem(&aw_port_zero, &zero);
 
-		bpf_map_update_elem(&aw_lports, &key, &init, BPF_NOEXIST);
+		if (init)
+			bpf_map_update_elem(&aw_lports, &key, init, BPF_NOEXIST);
 		ps = bpf_map_lookup_elem(&aw_lports, &key);
 		if (!ps) {
 			stat_inc(STAT_PORTS_FULL);
@@ -229,10 +271,13 @@ static __always_inline void count_port(__u16 lport, struct delta *d)
 	if (d->drop)
 		__sync_fetch_and_add(&ps->drops, 1);
 	if (d->has_wait) {
-		__u32 b = wait_bucket(d->wait_ns) & (WAIT_BUCKETS - 1);
+		__u32 b = port_wait_bucket(d->wait_ns) & (PORT_WAIT_BUCKETS - 1);
 
 		__sync_fetch_and_add(&ps->wait_hist[b], 1);
 		max_u64(&ps->wait_max_ns, d->wait_ns);
+		/* 0 is unset here: a new entry's other CPUs' copies are zeroed. */
+		if (!ps->wait_min_ns || d->wait_ns < ps->wait_min_ns)
+			ps->wait_min_ns = d->wait_ns ? d->wait_ns : 1;
 	}
 	if (d->has_backlog) {
 		if (d->backlog > ps->backlog_max)

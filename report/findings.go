@@ -40,9 +40,9 @@ const maxLines = 5
 func Findings(s Summary, th Thresholds) []string {
 	var out []string
 	for _, p := range s.Listeners {
-		if p.Wait.Count > 0 && th.Wait > 0 && p.Wait.P99 > th.Wait {
+		if p.Wait.Count > 0 && th.Wait > 0 && p.Wait.P99.Est() > th.Wait {
 			out = append(out, fmt.Sprintf("port %d: queue wait p99 %s is over %s: the server is slow to accept()",
-				p.Port, FormatDuration(p.Wait.P99), FormatDuration(th.Wait)))
+				p.Port, FormatQuantile(p.Wait.P99), FormatDuration(th.Wait)))
 		}
 		if p.BacklogLimit > 0 && p.BacklogMax > p.BacklogLimit {
 			out = append(out, fmt.Sprintf("port %d: accept queue reached its limit (%d/%d)", p.Port, p.BacklogMax, p.BacklogLimit))

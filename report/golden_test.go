@@ -54,6 +54,8 @@ func sampleEvents() []Event {
 	}
 }
 
+func q(lo, hi time.Duration) Quantile { return Quantile{Lo: lo, Hi: hi} }
+
 func sampleSummary(final bool) Summary {
 	return Summary{
 		Start:      at(0),
@@ -63,9 +65,12 @@ func sampleSummary(final bool) Summary {
 		Addresses: []AddrStats{
 			{Addr: netip.MustParseAddr("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"), Accepted: 1, Handshakes: 1, First: at(2), Last: at(2)},
 			{Addr: netip.MustParseAddr("192.168.1.7"), Accepted: 12, Handshakes: 12, First: at(1), Last: at(9),
-				Wait: Wait{Count: 12, P50: 512 * time.Microsecond, P99: 2048 * time.Microsecond, Max: 1900 * time.Microsecond}},
+				// log2 buckets: ranges where the bucket is wide, one number where min and max pin it down.
+				Wait: Wait{Count: 12, P50: q(256*time.Microsecond, 512*time.Microsecond), P99: q(1024*time.Microsecond, 1900*time.Microsecond),
+					Min: 300 * time.Microsecond, Max: 1900 * time.Microsecond}},
 			{Addr: netip.MustParseAddr("::ffff:203.0.113.9"), Accepted: 3, Handshakes: 5, First: at(3), Last: at(8),
-				NotAccepted: 2, ClientGone: 1, SynackRetrans: 7, Syns: 12, Drops: 6, Wait: Wait{Count: 3, P50: time.Second, P99: 4 * time.Second, Max: 2500 * time.Millisecond}},
+				NotAccepted: 2, ClientGone: 1, SynackRetrans: 7, Syns: 12, Drops: 6, Wait: Wait{Count: 3, P50: q(time.Second, 2*time.Second),
+					P99: q(2500*time.Millisecond, 2500*time.Millisecond), Min: 1200 * time.Millisecond, Max: 2500 * time.Millisecond}},
 			{Addr: netip.MustParseAddr("198.51.100.1"), Accepted: 0, Handshakes: 2}, // handshakes only, times unknown
 		},
 		TotalAccepted:      17,
@@ -82,8 +87,12 @@ func sampleSummary(final bool) Summary {
 		TotalClientGone:    1,
 		TotalSynackRetrans: 7,
 		Listeners: []PortStats{
-			{Port: 80, Accepted: 12, BacklogMax: 3, BacklogLimit: 511, Wait: Wait{Count: 12, P50: 512 * time.Microsecond, P99: 2048 * time.Microsecond, Max: 1900 * time.Microsecond}},
-			{Port: 8080, Accepted: 3, NotAccepted: 2, SynackRetrans: 7, Syns: 12, Drops: 6, BacklogMax: 1, BacklogLimit: 4096, Wait: Wait{Count: 3, P50: time.Second, P99: 4 * time.Second, Max: 2500 * time.Millisecond}},
+			// Log-linear buckets: one number each.
+			{Port: 80, Accepted: 12, BacklogMax: 3, BacklogLimit: 511, Wait: Wait{Count: 12, P50: q(496*time.Microsecond, 512*time.Microsecond),
+				P99: q(1856*time.Microsecond, 1900*time.Microsecond), Min: 300 * time.Microsecond, Max: 1900 * time.Microsecond}},
+			{Port: 8080, Accepted: 3, NotAccepted: 2, SynackRetrans: 7, Syns: 12, Drops: 6, BacklogMax: 1, BacklogLimit: 4096, Wait: Wait{Count: 3,
+				P50: q(1880*time.Millisecond, 1950*time.Millisecond), P99: q(2450*time.Millisecond, 2500*time.Millisecond),
+				Min: 1200 * time.Millisecond, Max: 2500 * time.Millisecond}},
 		},
 		KernelCounters: []KernelCounter{{"ListenOverflows", 5}, {"ListenDrops", 5}, {"TCPReqQFullDrop", 0}},
 		Findings:       []string{"queue wait p99 4s on port 8080 is over 1s (--max-wait)"},
@@ -152,7 +161,8 @@ func TestGoldenGroupByPrefix(t *testing.T) {
 	s := sampleSummary(true)
 	s.GroupByPrefix, s.Prefix = true, PrefixLen{V4: 16, V6: 32}
 	s.Addresses = append(s.Addresses, AddrStats{Addr: netip.MustParseAddr("192.168.200.1"), Accepted: 4, Handshakes: 4, Syns: 9, Drops: 5,
-		First: at(4), Last: at(5), Wait: Wait{Count: 4, P50: time.Millisecond, P99: 3 * time.Millisecond, Max: 2500 * time.Microsecond}})
+		First: at(4), Last: at(5), Wait: Wait{Count: 4, P50: q(512*time.Microsecond, time.Millisecond), P99: q(2500*time.Microsecond, 2500*time.Microsecond),
+			Min: 600 * time.Microsecond, Max: 2500 * time.Microsecond}})
 	var buf bytes.Buffer
 	if err := NewText(&buf, TextOptions{Location: testLoc, Quiet: true, Top: 3}).Summary(s); err != nil {
 		t.Fatal(err)

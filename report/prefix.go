@@ -91,6 +91,9 @@ func GroupByPrefix(addrs []AddrStats, p PrefixLen) []PrefixStats {
 		g.Drops += a.Drops
 		g.Open += a.Open
 		g.SynRecv += a.SynRecv
+		if a.Wait.Count > 0 && (g.Wait.Count == 0 || a.Wait.Min < g.Wait.Min) {
+			g.Wait.Min = a.Wait.Min
+		}
 		g.Wait.Count += a.Wait.Count
 		g.Wait.Max = max(g.Wait.Max, a.Wait.Max)
 		if !a.First.IsZero() && (g.First.IsZero() || a.First.Before(g.First)) {

@@ -32,12 +32,27 @@ type Event struct {
 	State      string // TCP state of the accepted socket, e.g. ESTABLISHED, CLOSE_WAIT
 }
 
-// Wait summarises queue waits (handshake completed to accept()). P50 and
-// P99 come from log2 buckets: the upper bound of the bucket, capped at Max.
+// Wait summarises queue waits (handshake completed to accept()). The kernel
+// keeps histograms, not every wait, so a percentile is known as a range.
 type Wait struct {
-	Count         uint64
-	P50, P99, Max time.Duration
+	Count    uint64
+	P50, P99 Quantile
+	// Smallest and largest wait: exact for a whole run; for an --interval
+	// window, the run's values narrowed to the window's lowest and highest
+	// bucket (bounds).
+	Min, Max time.Duration
 }
+
+// Quantile is a percentile (nearest rank) that lies in [Lo, Hi]: the range of
+// its histogram bucket narrowed by the smallest and largest wait. Per port
+// the buckets are log-linear (Hi-Lo at most 1/16 of Lo); per address log2.
+type Quantile struct{ Lo, Hi time.Duration }
+
+// Est is the middle of the range: within (Hi-Lo)/2 of the true value.
+func (q Quantile) Est() time.Duration { return q.Lo + (q.Hi-q.Lo)/2 }
+
+// Precise says whether Est is within 5 % of the true value.
+func (q Quantile) Precise() bool { return q.Hi-q.Lo <= q.Est()/10 }
 
 // AddrStats is one remote address's counts over a summary window.
 type AddrStats struct {

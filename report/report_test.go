@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -281,6 +282,7 @@ type jsonLine struct {
 	DropCounters    []string          `json:"drop_counters"`
 	KernelCounters  map[string]uint64 `json:"kernel_counters"`
 	Findings        []string          `json:"findings"`
+	Percentiles     string            `json:"percentiles"`
 	Listeners       []json.RawMessage `json:"listeners"`
 	ConnectionsNow  json.RawMessage   `json:"connections_now"`
 	NetNS           *uint64           `json:"netns"`
@@ -408,7 +410,7 @@ func TestJSONKeyOrder(t *testing.T) {
 		{"type", "final", "start", "end", "duration_s", "attach_mode", "ports", "total_accepted", "total_handshakes",
 			"lost_events", "address_overflow", "max_addresses", "total_not_accepted", "total_client_gone",
 			"total_synack_retrans", "total_syns", "total_drops", "syn_counter", "drop_counters", "kernel_counters",
-			"findings", "listeners", "connections_now", "netns", "addresses"},
+			"findings", "percentiles", "listeners", "connections_now", "netns", "addresses"},
 	}
 	for i := 0; sc.Scan(); i++ {
 		line := sc.Text()
@@ -458,5 +460,71 @@ func TestTextSingleWrite(t *testing.T) {
 	_ = w.Summary(Summary{Addresses: []AddrStats{{Accepted: 1}}})
 	if len(cw.writes) != 3 {
 		t.Errorf("got %d writes, want 3", len(cw.writes))
+	}
+}
+
+// A percentile is printed no more precisely than it is known.
+func TestFormatQuantile(t *testing.T) {
+	us, ms := time.Microsecond, time.Millisecond
+	for _, tc := range []struct {
+		q    Quantile
+		want string
+	}{
+		{Quantile{9 * us, 9 * us}, "9µs"},                 // exact: one wait, or min = max
+		{Quantile{8 * us, 9 * us}, "8–9µs"},               // five waits of 8–9 µs: not "16µs"
+		{Quantile{262144 * us, 524288 * us}, "262–524ms"}, // a log2 bucket: the range, not its top
+		{Quantile{296 * ms, 310 * ms}, "303ms"},           // within 5 %: one number
+		{Quantile{1024 * us, 1900 * us}, "1.02–1.9ms"},    // units shared
+		{Quantile{500 * us, 1500 * us}, "500µs–1.5ms"},    // units differ
+		{Quantile{0, us}, "≤1µs"},                         // under a microsecond
+		{Quantile{0, 999}, "<1µs"},                        // both ends print the same
+		{Quantile{0, 2 * us}, "0–2µs"},                    // from under a microsecond
+		{Quantile{time.Second, 2 * time.Second}, "1–2s"},  // seconds
+		{Quantile{1920 * ms, 1950 * ms}, "1.94s"},         // log-linear port bucket
+		{Quantile{900 * ms, 1100 * ms}, "900ms–1.1s"},     // across units
+		{Quantile{9500 * us, 10500 * us}, "10ms"},         // exactly 5 %
+		{Quantile{9400 * us, 10600 * us}, "9.4–10.6ms"},   // just over
+	} {
+		if got := FormatQuantile(tc.q); got != tc.want {
+			t.Errorf("FormatQuantile(%v–%v) = %q, want %q", tc.q.Lo, tc.q.Hi, got, tc.want)
+		}
+	}
+}
+
+// Live lines are written once per connection: what one costs.
+func BenchmarkEvent(b *testing.B) {
+	e := Event{Time: time.Now(), PID: 1234, Comm: "nginx", LocalAddr: netip.MustParseAddr("127.0.0.1"), LocalPort: 8080,
+		RemoteAddr: netip.MustParseAddr("127.0.1.7"), RemotePort: 51234, QueueWait: 7 * time.Microsecond, HasWait: true,
+		Backlog: 2, BacklogMax: 4096, HasBacklog: true, State: "ESTABLISHED"}
+	for name, w := range map[string]Writer{
+		"text": NewText(io.Discard, TextOptions{}),
+		"json": NewJSON(io.Discard),
+	} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := w.Event(e); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func TestFormatDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		999 * time.Nanosecond:     "<1µs",
+		8 * time.Microsecond:      "8µs",
+		999 * time.Microsecond:    "999µs",
+		12345 * time.Microsecond:  "12.3ms",
+		999400 * time.Microsecond: "999ms",
+		999600 * time.Microsecond: "1s", // not 1e+03ms
+		2050 * time.Millisecond:   "2.05s",
+		999600 * time.Millisecond: "1000s", // not 1e+03s
+		3 * time.Hour:             "10800s",
+	} {
+		if got := FormatDuration(d); got != want {
+			t.Errorf("FormatDuration(%v) = %q, want %q", d, got, want)
+		}
 	}
 }

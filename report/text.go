@@ -23,10 +23,9 @@ type TextOptions struct {
 
 // Live-line layout, like bcc's tcpaccept: address columns fit IPv4 so that a
 // line fits 80 columns; longer (IPv6) values push later columns right rather
-// than being truncated.
+// than being truncated. The columns' widths are those of liveHeader.
 const (
 	liveHeader = "TIME     PID     COMM             IP LADDR           LPORT RADDR           RPORT WAIT     BL\n"
-	liveFormat = "%-8s %-7d %-16s %-2d %-15s %-5d %-15s %-5d %-8s %s%s\n"
 	clockFmt   = "15:04:05"
 	dateFmt    = "2006-01-02 15:04:05"
 )
@@ -37,6 +36,10 @@ type textWriter struct {
 	header  bool // live header already written
 	written bool // anything written before (live line or summary)
 	buf     bytes.Buffer
+	line    []byte // reused by Event
+	// The clock column of the last event's second: most lines share it.
+	clockSec int64
+	clock    []byte
 }
 
 // NewText returns a Writer producing bcc-style live lines and
@@ -55,27 +58,61 @@ func (t *textWriter) flush() error {
 }
 
 // Event writes one live line, preceded by the column header the first time
-// (unless Quiet).
+// (unless Quiet). It appends by hand, as fmt would print "%-8s %-7d %-16s
+// %-2d %-15s %-5d %-15s %-5d %-8s %s%s": one line per connection, where fmt
+// was most of acceptwatch's CPU with live lines.
 func (t *textWriter) Event(e Event) error {
-	t.buf.Reset()
+	b := t.line[:0]
 	needHeader := !t.header && !t.opt.Quiet
 	if needHeader {
-		t.buf.WriteString(liveHeader)
+		b = append(b, liveHeader...)
 	}
 	raddr := Normalize(e.RemoteAddr)
-	fmt.Fprintf(&t.buf, liveFormat,
-		e.Time.In(t.opt.Location).Format(clockFmt),
-		e.PID,
-		Sanitize(e.Comm),
-		family(raddr),
-		Normalize(e.LocalAddr).String(),
-		e.LocalPort,
-		raddr.String(),
-		e.RemotePort,
-		liveWait(e),
-		liveBacklog(e),
-		liveGone(e))
-	if err := t.flush(); err != nil {
+	if sec := e.Time.Unix(); sec != t.clockSec || t.clock == nil {
+		t.clockSec, t.clock = sec, e.Time.In(t.opt.Location).AppendFormat(t.clock[:0], clockFmt)
+	}
+	col := func(b []byte, start, width int) []byte {
+		for n := utf8.RuneCount(b[start:]); n < width; n++ {
+			b = append(b, ' ')
+		}
+		return append(b, ' ')
+	}
+	start := len(b)
+	b = col(append(b, t.clock...), start, 8)
+	start = len(b)
+	b = col(strconv.AppendUint(b, uint64(e.PID), 10), start, 7)
+	start = len(b)
+	b = col(append(b, Sanitize(e.Comm)...), start, 16)
+	start = len(b)
+	b = col(strconv.AppendInt(b, int64(family(raddr)), 10), start, 2)
+	start = len(b)
+	b = col(appendAddr(b, Normalize(e.LocalAddr)), start, 15)
+	start = len(b)
+	b = col(strconv.AppendUint(b, uint64(e.LocalPort), 10), start, 5)
+	start = len(b)
+	b = col(appendAddr(b, raddr), start, 15)
+	start = len(b)
+	b = col(strconv.AppendUint(b, uint64(e.RemotePort), 10), start, 5)
+	start = len(b)
+	if e.HasWait {
+		b = appendDuration(b, e.QueueWait)
+	} else {
+		b = append(b, '-')
+	}
+	b = col(b, start, 8)
+	if e.HasBacklog {
+		b = strconv.AppendUint(b, uint64(e.Backlog), 10)
+		b = append(b, '/')
+		b = strconv.AppendUint(b, uint64(e.BacklogMax), 10)
+	} else {
+		b = append(b, '-')
+	}
+	if e.ClientGone {
+		b = append(b, " client-gone"...)
+	}
+	b = append(b, '\n')
+	t.line = b
+	if _, err := t.w.Write(b); err != nil {
 		return err
 	}
 	if needHeader {
@@ -128,7 +165,7 @@ func (t *textWriter) Summary(s Summary) error {
 				bl = fmt.Sprintf("%d/%d", p.BacklogMax, p.BacklogLimit)
 			}
 			pt.add(keep([]string{strconv.Itoa(int(p.Port)), num(p.Accepted), num(p.Syns), num(p.Drops), num(p.NotAccepted),
-				num(p.SynackRetrans), bl, dur(p.Wait.P50, p.Wait.Count), dur(p.Wait.P99, p.Wait.Count), dur(p.Wait.Max, p.Wait.Count)})...)
+				num(p.SynackRetrans), bl, quant(p.Wait.P50, p.Wait.Count), quant(p.Wait.P99, p.Wait.Count), dur(p.Wait.Max, p.Wait.Count)})...)
 		}
 		pt.write(b)
 	}
@@ -230,7 +267,7 @@ func writeRows(b *bytes.Buffer, s *Summary, top int, loc *time.Location) {
 	tb := table{align: strings.Join(cut(strings.Split(align, "")), "")}
 	tb.add(cut(head)...)
 	for _, r := range rows {
-		p50, p99 := dur(r.Wait.P50, r.Wait.Count), dur(r.Wait.P99, r.Wait.Count)
+		p50, p99 := quant(r.Wait.P50, r.Wait.Count), quant(r.Wait.P99, r.Wait.Count)
 		if s.GroupByPrefix {
 			p50, p99 = "-", "-" // not kept per network
 		}
@@ -273,18 +310,56 @@ func dur(d time.Duration, count uint64) string {
 	return FormatDuration(d)
 }
 
+// quant prints a percentile; "-" when no wait was measured.
+func quant(q Quantile, count uint64) string {
+	if count == 0 {
+		return "-"
+	}
+	return FormatQuantile(q)
+}
+
+// FormatQuantile prints a percentile no more precisely than it is known:
+// one number when that is within 5 % of the truth, else its range, as
+// "8–9µs" or "262–524ms".
+func FormatQuantile(q Quantile) string {
+	if q.Precise() {
+		return FormatDuration(q.Est())
+	}
+	lo, hi := FormatDuration(q.Lo), FormatDuration(q.Hi)
+	switch {
+	case lo == hi:
+		return lo
+	case q.Hi <= time.Microsecond:
+		return "≤1µs"
+	case q.Lo < time.Microsecond:
+		lo = "0µs"
+	}
+	// One unit for both ends when they share it.
+	for _, unit := range []string{"µs", "ms", "s"} {
+		if strings.HasSuffix(lo, unit) && strings.HasSuffix(hi, unit) && !strings.HasPrefix(lo, "<") &&
+			strings.TrimRight(strings.TrimSuffix(lo, unit), "0123456789.") == "" {
+			return strings.TrimSuffix(lo, unit) + "–" + hi
+		}
+	}
+	return lo + "–" + hi
+}
+
 // FormatDuration prints d with three significant digits at most: 850µs,
 // 12.3ms, 2.05s.
-func FormatDuration(d time.Duration) string {
+func FormatDuration(d time.Duration) string { return string(appendDuration(nil, d)) }
+
+func appendDuration(b []byte, d time.Duration) []byte {
 	switch {
 	case d < time.Microsecond:
-		return "<1µs"
+		return append(b, "<1µs"...)
 	case d < time.Millisecond:
-		return strconv.FormatInt(int64(d/time.Microsecond), 10) + "µs"
-	case d < time.Second:
-		return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'g', 3, 64) + "ms"
-	default:
-		return strconv.FormatFloat(d.Seconds(), 'g', 3, 64) + "s"
+		return append(strconv.AppendInt(b, int64(d/time.Microsecond), 10), "µs"...)
+	case d < 999500*time.Microsecond: // rounds to 1000ms and up: seconds
+		return append(strconv.AppendFloat(b, float64(d)/float64(time.Millisecond), 'g', 3, 64), "ms"...)
+	case d < 999500*time.Millisecond:
+		return append(strconv.AppendFloat(b, d.Seconds(), 'g', 3, 64), 's')
+	default: // 'g' would print 1e+03
+		return append(strconv.AppendFloat(b, d.Seconds(), 'f', 0, 64), 's')
 	}
 }
 
@@ -299,27 +374,6 @@ func FormatRate(r float64) string {
 	default:
 		return strconv.FormatFloat(r, 'f', 2, 64)
 	}
-}
-
-func liveWait(e Event) string {
-	if !e.HasWait {
-		return "-"
-	}
-	return FormatDuration(e.QueueWait)
-}
-
-func liveBacklog(e Event) string {
-	if !e.HasBacklog {
-		return "-"
-	}
-	return fmt.Sprintf("%d/%d", e.Backlog, e.BacklogMax)
-}
-
-func liveGone(e Event) string {
-	if e.ClientGone {
-		return " client-gone"
-	}
-	return ""
 }
 
 // table lays out rows in columns as wide as their widest cell; align has

@@ -24,6 +24,7 @@ type acceptwatchAddrStats struct {
 	Handshakes    uint64
 	LastNs        uint64
 	WaitMaxNs     uint64
+	WaitMinNs     uint64
 	Window        uint32
 	Drops         uint32
 	FirstNs       uint64
@@ -32,7 +33,7 @@ type acceptwatchAddrStats struct {
 	Gone          uint64
 	SynackRetrans uint64
 	Syns          uint64
-	WaitHist      [32]uint32
+	WaitHist      [30]uint32
 }
 
 type acceptwatchEvent struct {
@@ -83,9 +84,10 @@ type acceptwatchPortStats struct {
 	Syns          uint64
 	Drops         uint64
 	WaitMaxNs     uint64
+	WaitMinNs     uint64
 	BacklogMax    uint32
 	BacklogLimit  uint32
-	WaitHist      [32]uint32
+	WaitHist      [512]uint32
 }
 
 type acceptwatchStat uint32
@@ -109,6 +111,7 @@ const (
 	acceptwatchMapAwListeners          = "aw_listeners"
 	acceptwatchMapAwLports             = "aw_lports"
 	acceptwatchMapAwPending            = "aw_pending"
+	acceptwatchMapAwPortZero           = "aw_port_zero"
 	acceptwatchMapAwPorts              = "aw_ports"
 	acceptwatchMapAwStats              = "aw_stats"
 	acceptwatchProgAwDestroy           = "aw_destroy"
@@ -123,6 +126,7 @@ const (
 	acceptwatchProgAwSynSkb            = "aw_syn_skb"
 	acceptwatchProgAwSynack            = "aw_synack"
 	acceptwatchProgAwTpAccept          = "aw_tp_accept"
+	acceptwatchProgAwTpAcceptBtf       = "aw_tp_accept_btf"
 	acceptwatchProgAwTpAcceptOld       = "aw_tp_accept_old"
 	acceptwatchProgAwTpEnterOld        = "aw_tp_enter_old"
 	acceptwatchVarEmitEvents           = "emit_events"
@@ -193,6 +197,7 @@ type acceptwatchProgramSpecs struct {
 	AwSynSkb       *ebpf.ProgramSpec `ebpf:"aw_syn_skb"`
 	AwSynack       *ebpf.ProgramSpec `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.ProgramSpec `ebpf:"aw_tp_accept"`
+	AwTpAcceptBtf  *ebpf.ProgramSpec `ebpf:"aw_tp_accept_btf"`
 	AwTpAcceptOld  *ebpf.ProgramSpec `ebpf:"aw_tp_accept_old"`
 	AwTpEnterOld   *ebpf.ProgramSpec `ebpf:"aw_tp_enter_old"`
 }
@@ -206,6 +211,7 @@ type acceptwatchMapSpecs struct {
 	AwListeners *ebpf.MapSpec `ebpf:"aw_listeners"`
 	AwLports    *ebpf.MapSpec `ebpf:"aw_lports"`
 	AwPending   *ebpf.MapSpec `ebpf:"aw_pending"`
+	AwPortZero  *ebpf.MapSpec `ebpf:"aw_port_zero"`
 	AwPorts     *ebpf.MapSpec `ebpf:"aw_ports"`
 	AwStats     *ebpf.MapSpec `ebpf:"aw_stats"`
 }
@@ -253,6 +259,7 @@ type acceptwatchMaps struct {
 	AwListeners *ebpf.Map `ebpf:"aw_listeners"`
 	AwLports    *ebpf.Map `ebpf:"aw_lports"`
 	AwPending   *ebpf.Map `ebpf:"aw_pending"`
+	AwPortZero  *ebpf.Map `ebpf:"aw_port_zero"`
 	AwPorts     *ebpf.Map `ebpf:"aw_ports"`
 	AwStats     *ebpf.Map `ebpf:"aw_stats"`
 }
@@ -264,6 +271,7 @@ func (m *acceptwatchMaps) Close() error {
 		m.AwListeners,
 		m.AwLports,
 		m.AwPending,
+		m.AwPortZero,
 		m.AwPorts,
 		m.AwStats,
 	)
@@ -303,6 +311,7 @@ type acceptwatchPrograms struct {
 	AwSynSkb       *ebpf.Program `ebpf:"aw_syn_skb"`
 	AwSynack       *ebpf.Program `ebpf:"aw_synack"`
 	AwTpAccept     *ebpf.Program `ebpf:"aw_tp_accept"`
+	AwTpAcceptBtf  *ebpf.Program `ebpf:"aw_tp_accept_btf"`
 	AwTpAcceptOld  *ebpf.Program `ebpf:"aw_tp_accept_old"`
 	AwTpEnterOld   *ebpf.Program `ebpf:"aw_tp_enter_old"`
 }
@@ -321,6 +330,7 @@ func (p *acceptwatchPrograms) Close() error {
 		p.AwSynSkb,
 		p.AwSynack,
 		p.AwTpAccept,
+		p.AwTpAcceptBtf,
 		p.AwTpAcceptOld,
 		p.AwTpEnterOld,
 	)

@@ -91,7 +91,7 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 			SynackRetrans: d.SynackRetrans,
 			Syns:          d.Syns,
 			Drops:         uint64(d.Drops),
-			Wait:          waitStats(d.WaitHist, v.WaitMaxNs),
+			Wait:          waitStats(d.WaitHist[:], addrBucket, v.WaitMinNs, v.WaitMaxNs, !window),
 		}
 		if window && (a.First.IsZero() || a.First.Before(start)) {
 			// Touched only after the window closed below: its first time
@@ -166,7 +166,7 @@ func (t *Tracer) collectPorts(c *Counts, window bool) error {
 			Drops:         d.Drops,
 			BacklogMax:    d.BacklogMax,
 			BacklogLimit:  d.BacklogLimit,
-			Wait:          waitStats(d.WaitHist, d.WaitMaxNs),
+			Wait:          waitStats(d.WaitHist[:], portBucket, d.WaitMinNs, d.WaitMaxNs, !window),
 		})
 	}
 	if err := it.Err(); err != nil {
@@ -186,6 +186,9 @@ func mergePortStats(perCPU []acceptwatchPortStats) acceptwatchPortStats {
 		m.Syns += v.Syns
 		m.Drops += v.Drops
 		m.WaitMaxNs = max(m.WaitMaxNs, v.WaitMaxNs)
+		if v.WaitMinNs != 0 && (m.WaitMinNs == 0 || v.WaitMinNs < m.WaitMinNs) {
+			m.WaitMinNs = v.WaitMinNs // 0: this CPU saw no wait
+		}
 		m.BacklogMax = max(m.BacklogMax, v.BacklogMax)
 		m.BacklogLimit = max(m.BacklogLimit, v.BacklogLimit)
 		for i := range m.WaitHist {
@@ -222,45 +225,102 @@ func subAddr(v, p acceptwatchAddrStats) acceptwatchAddrStats {
 	return v
 }
 
-// waitStats turns a log2 histogram of microseconds (bucket 0: under 1 us,
-// bucket i: [2^(i-1), 2^i) us) into count, p50, p99 and max. A percentile is
-// its bucket's upper bound, capped at the largest wait seen.
-func waitStats(hist [32]uint32, maxNs uint64) report.Wait {
+// bucketFunc gives the range [lo, hi) of histogram bucket i; the last
+// bucket is open-ended (hi = MaxInt64).
+type bucketFunc func(i int) (lo, hi time.Duration)
+
+const forever = time.Duration(math.MaxInt64)
+
+// addrBucket: log2 buckets of microseconds (bpf/acceptwatch.h,
+// ADDR_WAIT_BUCKETS): 0 under 1 µs, i in [2^(i-1), 2^i) µs.
+func addrBucket(i int) (time.Duration, time.Duration) {
+	hi := time.Duration(1<<i) * time.Microsecond
+	if i == len(acceptwatchAddrStats{}.WaitHist)-1 {
+		hi = forever
+	}
+	if i == 0 {
+		return 0, hi
+	}
+	return time.Duration(1<<(i-1)) * time.Microsecond, hi
+}
+
+// portBucket: log-linear buckets of nanoseconds (PORT_WAIT_BUCKETS): 16
+// linear ones of 64 ns below 1024 ns, then 16 per power of two.
+func portBucket(i int) (time.Duration, time.Duration) {
+	const sub = 1 << portWaitSubBits
+	var lo, width int64
+	if i < sub {
+		width = 1 << (portWaitMinShift - portWaitSubBits)
+		lo = int64(i) * width
+	} else {
+		e := portWaitMinShift + (i-sub)/sub
+		width = 1 << (e - portWaitSubBits)
+		lo = 1<<e + int64((i-sub)%sub)*width
+	}
+	if i == len(acceptwatchPortStats{}.WaitHist)-1 {
+		return time.Duration(lo), forever
+	}
+	return time.Duration(lo), time.Duration(lo + width)
+}
+
+// The log-linear layout of bpf/acceptwatch.h (checked against the generated
+// histogram's length in tests).
+const (
+	portWaitSubBits  = 4
+	portWaitMinShift = 10
+)
+
+// waitStats turns a histogram into count, min, max and the p50 and p99
+// ranges: the bucket that holds the percentile's rank, narrowed by the
+// smallest and largest wait (minNs 0 or ~0: none known). minNs and maxNs are
+// over the whole run (exact: the histogram is the run's too); for a window
+// they are bounds, narrowed to its own buckets.
+func waitStats(hist []uint32, bucket bucketFunc, minNs, maxNs uint64, exact bool) report.Wait {
 	var w report.Wait
-	for _, n := range hist {
+	first, last := -1, 0
+	for i, n := range hist {
 		w.Count += uint64(n)
+		if n > 0 {
+			if first < 0 {
+				first = i
+			}
+			last = i
+		}
 	}
 	if w.Count == 0 {
 		return w
 	}
-	top := 0
-	for i, n := range hist {
-		if n > 0 {
-			top = i
-		}
+	lo, _ := bucket(first)
+	_, hi := bucket(last)
+	w.Min, w.Max = lo, hi
+	if minNs != 0 && minNs != math.MaxUint64 {
+		w.Min = max(w.Min, time.Duration(minNs))
 	}
-	// maxNs is over the whole run; a window's max is no more than its top bucket.
-	w.Max = min(time.Duration(maxNs), bucketUpper(top))
-	pct := func(q float64) time.Duration {
+	if maxNs != 0 {
+		w.Max = min(w.Max, time.Duration(maxNs))
+	}
+	w.Max = max(w.Max, w.Min) // a window's buckets may lie past the run's max read earlier
+	pct := func(q float64) report.Quantile {
 		target := uint64(math.Ceil(q * float64(w.Count)))
+		// The first and last rank are the smallest and largest wait.
+		if exact && target == w.Count && maxNs != 0 {
+			return report.Quantile{Lo: w.Max, Hi: w.Max}
+		}
+		if exact && target == 1 && minNs != 0 && minNs != math.MaxUint64 {
+			return report.Quantile{Lo: w.Min, Hi: w.Min}
+		}
 		var cum uint64
 		for i, n := range hist {
 			cum += uint64(n)
 			if cum >= target {
-				return min(bucketUpper(i), w.Max)
+				lo, hi := bucket(i)
+				return report.Quantile{Lo: min(max(lo, w.Min), w.Max), Hi: max(min(hi, w.Max), w.Min)}
 			}
 		}
-		return w.Max
+		return report.Quantile{Lo: w.Max, Hi: w.Max}
 	}
 	w.P50, w.P99 = pct(0.50), pct(0.99)
 	return w
-}
-
-func bucketUpper(i int) time.Duration {
-	if i >= len(acceptwatchAddrStats{}.WaitHist)-1 {
-		return time.Duration(math.MaxInt64)
-	}
-	return time.Duration(1<<i) * time.Microsecond
 }
 
 func (t *Tracer) readStats() ([acceptwatchStatSTAT_MAX]uint64, error) {

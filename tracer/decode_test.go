@@ -24,7 +24,7 @@ func TestDecodeEvent(t *testing.T) {
 		v4.Comm[i] = int8(c)
 	}
 	var ev report.Event
-	if err := decodeEvent(rawEvent(v4), boot, &ev); err != nil {
+	if err := decodeEvent(rawEvent(v4), boot, &ev, nil); err != nil {
 		t.Fatal(err)
 	}
 	want := report.Event{
@@ -43,7 +43,7 @@ func TestDecodeEvent(t *testing.T) {
 	for i := range v6.Comm { // no NUL: all 16 bytes are the name
 		v6.Comm[i] = 'a'
 	}
-	if err := decodeEvent(rawEvent(v6), boot, &ev); err != nil {
+	if err := decodeEvent(rawEvent(v6), boot, &ev, nil); err != nil {
 		t.Fatal(err)
 	}
 	if ev.RemoteAddr != netip.MustParseAddr("2001:db8::9") || len(ev.Comm) != 16 || ev.LocalAddr != netip.IPv6Unspecified() ||
@@ -51,7 +51,7 @@ func TestDecodeEvent(t *testing.T) {
 		t.Errorf("v6: got %+v", ev)
 	}
 
-	if err := decodeEvent(make([]byte, eventSize-1), boot, &ev); err == nil {
+	if err := decodeEvent(make([]byte, eventSize-1), boot, &ev, nil); err == nil {
 		t.Error("short record decoded without error")
 	}
 }

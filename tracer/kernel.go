@@ -70,7 +70,8 @@ func probeFexit(cache *btf.Cache) error {
 
 // tracepointPrograms picks the tracepoint variant: one program at the exit
 // of accept() reading the listening descriptor from the saved registers
-// (bpf_task_pt_regs, 5.15+), or on older kernels an entry program too.
+// (bpf_task_pt_regs, 5.15+), with direct loads through bpf_rdonly_cast where
+// the kernel has that kfunc (6.2+), or on older kernels an entry program too.
 func tracepointPrograms(cache *btf.Cache) ([]string, error) {
 	kernel, err := cache.Kernel()
 	if err != nil {
@@ -82,11 +83,22 @@ func tracepointPrograms(cache *btf.Cache) ([]string, error) {
 	}
 	for _, v := range helpers.Values {
 		if v.Name == "BPF_FUNC_task_pt_regs" {
-			return []string{"aw_tp_accept"}, nil
+			var cast *btf.Func
+			if kernel.TypeByName("bpf_rdonly_cast", &cast) == nil {
+				return []string{tracepointCast}, nil
+			}
+			return []string{tracepointProbeRead}, nil
 		}
 	}
 	return []string{"aw_tp_enter_old", "aw_tp_accept_old"}, nil
 }
+
+// The tracepoint programs of 5.15+ kernels: with bpf_rdonly_cast, and the
+// one that reads through bpf_probe_read_kernel (also the fallback).
+const (
+	tracepointCast      = "aw_tp_accept_btf"
+	tracepointProbeRead = "aw_tp_accept"
+)
 
 // haveKprobes fails fast where the kernel has no kprobes (no kprobe PMU and
 // no kprobe_events), before the programs are loaded for nothing.

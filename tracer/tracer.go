@@ -67,6 +67,9 @@ type Tracer struct {
 	windowID   uint32
 	bootWall   time.Time // wall-clock time of CLOCK_MONOTONIC zero
 	rec        ringbuf.Record
+	// The reader's deadline is in the past (a read returns at once).
+	deadlinePast bool
+	comm         commCache
 
 	start, windowStart time.Time
 	prev               map[[16]byte]acceptwatchAddrStats
@@ -229,6 +232,13 @@ func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache
 	keep := append(slices.Clone(tcpPrograms), accept...)
 	opts := ebpf.CollectionOptions{MapReplacements: maps.Maps, Cache: cache}
 	coll, err := loadPrograms(spec, append(keep, syn), opts)
+	if err != nil && slices.Equal(accept, []string{tracepointCast}) {
+		// A kernel whose verifier refuses the kfunc in tracepoint programs.
+		logf("attach mode %s: %s not loaded, using %s: %s", mode, tracepointCast, tracepointProbeRead, oneLine(err.Error()))
+		accept = []string{tracepointProbeRead}
+		keep = append(slices.Clone(tcpPrograms), accept...)
+		coll, err = loadPrograms(spec, keep, opts)
+	}
 	if err != nil && syn != "" {
 		// SYN counting is a bonus: load the mode without it.
 		logf("attach mode %s: SYN counter at tcp_conn_request unavailable: %s", mode, oneLine(err.Error()))
@@ -366,6 +376,10 @@ func (t *Tracer) DropCounters() []string {
 	return t.extras.drops
 }
 
+// Started is when every program was attached: the start of the first window
+// and of the whole run's summary.
+func (t *Tracer) Started() time.Time { return t.start }
+
 // Close detaches and unloads every program and map. It is safe to call twice.
 func (t *Tracer) Close() error {
 	var errs []error
@@ -400,18 +414,30 @@ func (t *Tracer) Read(ev *report.Event, wait time.Duration) (bool, error) {
 		time.Sleep(wait)
 		return false, nil
 	}
-	t.reader.SetDeadline(time.Now().Add(wait))
+	// With records queued the read cannot block: skip the clock read that
+	// a deadline costs (once per live line).
+	if wait > 0 && t.reader.AvailableBytes() == 0 {
+		t.reader.SetDeadline(time.Now().Add(wait))
+		t.deadlinePast = false
+	} else if !t.deadlinePast {
+		t.reader.SetDeadline(pastDeadline)
+		t.deadlinePast = true
+	}
 	if err := t.reader.ReadInto(&t.rec); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return false, nil
 		}
 		return false, fmt.Errorf("reading ring buffer: %w", err)
 	}
-	if err := decodeEvent(t.rec.RawSample, t.bootWall, ev); err != nil {
+	if err := decodeEvent(t.rec.RawSample, t.bootWall, ev, &t.comm); err != nil {
 		return false, err
 	}
 	return true, nil
 }
+
+// pastDeadline makes a ring-buffer read return at once when nothing is
+// queued (the zero time would mean no deadline).
+var pastDeadline = time.Unix(1, 0)
 
 // Pending says whether live events are queued, so a caller can flush its
 // output when the ring runs dry.
@@ -421,7 +447,24 @@ func (t *Tracer) Pending() bool {
 
 var eventSize = int(unsafe.Sizeof(acceptwatchEvent{}))
 
-func decodeEvent(raw []byte, bootWall time.Time, ev *report.Event) error {
+// commCache keeps the last comm's string: most events come from a few
+// processes, and a string per event was a third of the reader's allocations.
+type commCache struct {
+	raw [16]int8
+	s   string
+}
+
+func (c *commCache) get(raw [16]int8) string {
+	if c == nil {
+		return commString(raw)
+	}
+	if raw != c.raw || c.s == "" {
+		c.raw, c.s = raw, commString(raw)
+	}
+	return c.s
+}
+
+func decodeEvent(raw []byte, bootWall time.Time, ev *report.Event, comms *commCache) error {
 	if len(raw) < eventSize {
 		return fmt.Errorf("short event: %d bytes, want %d", len(raw), eventSize)
 	}
@@ -429,7 +472,7 @@ func decodeEvent(raw []byte, bootWall time.Time, ev *report.Event) error {
 	*ev = report.Event{
 		Time:       bootWall.Add(time.Duration(e.TsNs)),
 		PID:        e.Pid,
-		Comm:       commString(e.Comm),
+		Comm:       comms.get(e.Comm),
 		LocalAddr:  addrFrom16(e.Laddr, e.Family),
 		LocalPort:  e.Lport,
 		RemoteAddr: addrFrom16(e.Raddr, e.Family),

@@ -29,6 +29,10 @@ type bench struct {
 	log     io.Writer
 	targets *table
 	notes   []string
+	extra   []*table // more tables of the section that just ran
+	// The cpu section's "× nothing traced" (own CPU) per row id, when it
+	// ran on this host: cpu-vm compares its tracepoint VM with it.
+	hostRatio map[string]float64
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -49,7 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if b.bin == "" {
 		b.bin = dir + "/acceptwatch"
 		fmt.Fprintf(stderr, "building acceptwatch into %s\n", b.bin)
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", b.bin, "github.com/acceptwatch/acceptwatch/cmd/acceptwatch")
+		cmd := exec.CommandContext(ctx, "go", "build", "-ldflags", "-X main.buildCommit="+describeCommit(), "-o", b.bin, "github.com/acceptwatch/acceptwatch/cmd/acceptwatch")
 		cmd.Stdout, cmd.Stderr = stderr, stderr
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("building acceptwatch: %w", err)
@@ -59,7 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	started := time.Now()
 	load0 := loadAvg()
 	parts := map[string]func() (*table, error){
-		"startup": b.startup, "kernel": b.kernel, "throughput": b.throughput, "scale": b.scale,
+		"startup": b.startup, "cpu": b.cpu, "cpu-vm": b.cpuVM, "kernel": b.kernel, "throughput": b.throughput, "scale": b.scale,
 		"snapshot": b.snapshot,
 	}
 	var tables []*table
@@ -76,6 +80,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		tables = append(tables, t)
+		tables = append(tables, b.extra...)
+		b.extra = nil
+	}
+	if o.tablesJSON {
+		for _, t := range tables {
+			fmt.Fprintln(stdout, t.jsonLine())
+		}
+		return nil
 	}
 	tables = append(tables, b.targets)
 	b.notes = append(b.notes, fmt.Sprintf("benchmark took %s; load average %s at start, %s at end; acceptwatch programs of other processes loaded at the end: %d",
@@ -109,6 +121,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(&md, "- %s\n", n)
 	}
 	return os.WriteFile(o.markdown, md.Bytes(), 0o644)
+}
+
+// describeCommit names the work tree's commit (with -dirty), as make build
+// does, for the report's header: Go stamps no commit in a git worktree.
+func describeCommit() string {
+	out, _ := exec.Command("git", "describe", "--always", "--dirty", "--abbrev=12", "--exclude", "*").Output()
+	return strings.TrimSpace(string(out))
 }
 
 func (b *bench) logf(format string, args ...any) {
@@ -162,7 +181,7 @@ func loadAvg() string {
 func (b *bench) startup() (*table, error) {
 	t := &table{
 		title:  fmt.Sprintf("Start-up: exec to %q on stderr, %d starts per attach setting", readyLine, b.o.starts),
-		header: []string{"--attach", "median", "min", "max"},
+		header: []string{"tracer", "median", "min", "max"},
 	}
 	for _, mode := range []string{"auto", "tracepoint"} {
 		var ds []time.Duration
@@ -178,12 +197,32 @@ func (b *bench) startup() (*table, error) {
 		}
 		slices.Sort(ds)
 		med := median(ds)
-		t.add(mode, ms(med), ms(ds[0]), ms(ds[len(ds)-1]))
+		t.add("acceptwatch --attach "+mode, ms(med), ms(ds[0]), ms(ds[len(ds)-1]))
 		b.logf("start-up with --attach %s: median %s", mode, ms(med))
 		if mode == "auto" {
 			b.target("start-up median ≤ 50 ms (--attach auto)", ms(med), med <= 50*time.Millisecond)
 		}
 	}
+	// The peer: exec to the script's BEGIN line, printed once every probe
+	// is attached (bpftrace compiles the script with LLVM first).
+	if _, err := b.findBpftrace(); err != nil {
+		t.add("bpftrace script", "not run: "+oneLine(err.Error()), "", "")
+		return t, nil
+	}
+	var ds []time.Duration
+	for range min(b.o.starts, 10) {
+		r, err := b.startBpftrace(1)
+		if err != nil {
+			return nil, err
+		}
+		ds = append(ds, r.startup)
+		if err := r.finish(); err != nil {
+			return nil, err
+		}
+	}
+	slices.Sort(ds)
+	t.add(fmt.Sprintf("bpftrace script (%d starts)", len(ds)), ms(median(ds)), ms(ds[0]), ms(ds[len(ds)-1]))
+	t.notes = append(t.notes, "bpftrace: exec of bpftrace cmd/acceptbench/testdata/accept.bt to its BEGIN line, which bpftrace runs once every probe is attached")
 	return t, nil
 }
 
@@ -218,7 +257,7 @@ func (b *bench) kernel() (*table, error) {
 				t.notes = append(t.notes, mode+" not available: "+unavailable(err))
 				break
 			}
-			r := storm(srv, b.o.clients, fewSources(b.o.sources), b.o.round, 0, nil)
+			r := storm(srv, b.o.clients, fewSources(b.o.sources), 0, b.o.round, 0, nil)
 			ps, err := progStats(w.cmd.Process.Pid)
 			srv.close()
 			if _, err2 := w.stop(); err == nil {
@@ -377,7 +416,7 @@ func (b *bench) round(m *throughputMode, with bool) (stormResult, error) {
 	src := fewSources(b.o.sources)
 	m.rounds++
 	if !with || m.target == 0 {
-		r := storm(srv, b.o.clients, src, b.o.round, 0, nil)
+		r := storm(srv, b.o.clients, src, 0, b.o.round, 0, nil)
 		m.foreign = max(m.foreign, foreignPrograms(0))
 		srv.close()
 		m.failed += int(r.failed)
@@ -388,7 +427,7 @@ func (b *bench) round(m *throughputMode, with bool) (stormResult, error) {
 		srv.close()
 		return stormResult{}, err
 	}
-	r := storm(srv, b.o.clients, src, b.o.round, 0, w.cpuTime)
+	r := storm(srv, b.o.clients, src, 0, b.o.round, 0, w.cpuTime)
 	awCPU := w.cpuTime()
 	m.foreign = max(m.foreign, foreignPrograms(w.cmd.Process.Pid))
 	perAddr := srv.close()
@@ -441,7 +480,7 @@ func (b *bench) scale() (*table, error) {
 		title: fmt.Sprintf("Scale: %d connections, each from its own address in 127.0.0.0/8, acceptwatch -q", b.o.scale),
 		header: []string{"--max-addresses", "storm time", "conn/s", "server accepted", "total_accepted",
 			"addresses in summary", "addr overflow", "lost", "exact", "peak RSS tracing", "peak RSS incl. summary",
-			"kernel map memory", "SIGINT to exit"},
+			"kernel map memory", "port map memory", "SIGINT to exit"},
 	}
 	if b.o.scale == 0 {
 		t.notes = append(t.notes, "skipped (-scale 0)")
@@ -462,10 +501,11 @@ func (b *bench) scale() (*table, error) {
 			return nil, err
 		}
 		b.logf("scale: %d addresses, --max-addresses %d: started", b.o.scale, capacity)
-		r := storm(srv, b.o.clients, distinctSources, 10*time.Minute, b.o.scale, nil)
+		r := storm(srv, b.o.clients, distinctSources, 0, 10*time.Minute, b.o.scale, nil)
 		pid := w.cmd.Process.Pid
 		hwm := w.statusKB("VmHWM")
 		kmem := mapMemlock(pid, "aw_addrs")
+		pmem := mapMemlock(pid, "aw_lports")
 		perAddr := srv.close()
 		st, err := w.stop()
 		if err != nil {
@@ -480,7 +520,7 @@ func (b *bench) scale() (*table, error) {
 		}
 		t.add(capacity, r.elapsed.Round(100*time.Millisecond), fmt.Sprintf("%.0f", r.rate()), accepted, st.sum.TotalAccepted,
 			len(st.sum.Addresses), st.sum.AddressOverflow, st.sum.LostEvents, exact,
-			mib(hwm*1024), mib(st.maxRSSKB*1024), mib(kmem), st.stopTime.Round(10*time.Millisecond))
+			mib(hwm*1024), mib(st.maxRSSKB*1024), mib(kmem), fmt.Sprintf("%.0f KiB", float64(pmem)/1024), st.stopTime.Round(10*time.Millisecond))
 		b.logf("scale: --max-addresses %d: %d accepted in %s, exact: %s, peak RSS %s", capacity, accepted, r.elapsed, exact, mib(st.maxRSSKB*1024))
 		if capacity == uint32(b.o.scale) {
 			ok := exact == "yes" && len(st.sum.Addresses) == len(perAddr)
@@ -491,6 +531,7 @@ func (b *bench) scale() (*table, error) {
 	t.notes = append(t.notes,
 		"peak RSS tracing = VmHWM before SIGINT; incl. summary = VmHWM polled every 5 ms until exit (the final summary holds every address)",
 		"kernel map memory = memlock of the aw_addrs hash map (preallocated at start: fixed by --max-addresses, not by traffic)",
+		"port map memory = memlock of the per-CPU aw_lports hash (not preallocated: grows by 2.1 KiB per CPU for each listening port seen)",
 		"at capacity the map stops taking new addresses: their accepts and handshakes go to address_overflow and still count in the totals")
 	return t, nil
 }

@@ -32,16 +32,34 @@ type options struct {
 	markdown      string        // also write the report here, as markdown
 	snapshotConns int           // established connections in the snapshot section
 	snapshotRuns  int           // timed runs per command there
+	attach        string        // attach mode of the cpu section
+	cpuRounds     int           // rounds of the cpu section
+	cpuRound      time.Duration // measured storm of one cpu row
+	vmKernel      string        // kernel of the cpu-vm section
+	vmModes       string        // attach modes of the cpu-vm section
+	vmRounds      int           // rounds of the cpu section in each VM
+	cpuRows       string        // only these rows of the cpu section (ids, comma-separated; empty: all)
+	guest         bool          // running inside a vmtest VM (set by cpu-vm)
+	tablesJSON    bool          // print tables as JSON lines (cpu-vm reads them)
 }
 
-const allSections = "startup,kernel,throughput,scale,snapshot"
+// defaultSections run without -sections; throughput (with/without ratios
+// of accept rates, which move with other work on a shared machine) runs on
+// request.
+const (
+	defaultSections = "startup,cpu,cpu-vm,kernel,scale,snapshot"
+	allSections     = defaultSections + ",throughput"
+)
+
+// attachMode is the mode the cpu section measures and hooks.
+func (o *options) attachMode() string { return o.attach }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("acceptbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.acceptwatch, "acceptwatch", "", "acceptwatch binary (default: build ./cmd/acceptwatch into a temporary directory)")
-	fs.StringVar(&o.sections, "sections", allSections, "parts to run, comma-separated")
+	fs.StringVar(&o.sections, "sections", defaultSections, "parts to run, comma-separated")
 	fs.IntVar(&o.pairs, "pairs", 16, "without/with round pairs per throughput mode")
 	fs.DurationVar(&o.round, "round", 1500*time.Millisecond, "length of a throughput round")
 	fs.IntVar(&o.clients, "clients", 3, "concurrent client threads")
@@ -53,6 +71,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.snapshotConns, "snapshot-conns", 100_000, "established connections in the snapshot section")
 	fs.IntVar(&o.snapshotRuns, "snapshot-runs", 7, "timed runs per command in the snapshot section")
 	fs.StringVar(&o.markdown, "markdown", "", "also write the report as markdown to this `file`")
+	fs.StringVar(&o.attach, "attach", "tracepoint", "attach mode of the cpu section: fexit, kretprobe or tracepoint")
+	fs.IntVar(&o.cpuRounds, "cpu-rounds", 8, "rounds of the cpu section (each runs every row once)")
+	fs.DurationVar(&o.cpuRound, "cpu-round", 1500*time.Millisecond, "measured storm of one row in the cpu section")
+	fs.StringVar(&o.cpuRows, "cpu-rows", "", "only these rows of the cpu section, by id: none,quiet,live,json,bpftrace,empty:HOOK,empty:all (default all)")
+	fs.StringVar(&o.vmKernel, "vm-kernel", "6.12", "kernel of the cpu-vm section (a vmtest matrix name or a vmlinuz path)")
+	fs.StringVar(&o.vmModes, "vm-modes", "fexit,kretprobe,tracepoint", "attach modes of the cpu-vm section, one VM each")
+	fs.IntVar(&o.vmRounds, "vm-rounds", 6, "rounds of the cpu section inside each VM")
+	fs.BoolVar(&o.guest, "guest", false, "running inside a vmtest VM (set by the cpu-vm section)")
+	fs.BoolVar(&o.tablesJSON, "tables-json", false, "print the tables as JSON lines (the cpu-vm section reads them)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -62,8 +89,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.snapshotConns < 1 || o.snapshotRuns < 1 {
 		return nil, fmt.Errorf("-snapshot-conns and -snapshot-runs must be positive")
 	}
-	if o.pairs < 1 || o.clients < 1 || o.acceptors < 1 || o.sources < 1 || o.starts < 1 || o.round <= 0 {
-		return nil, fmt.Errorf("-pairs, -clients, -acceptors, -sources, -starts and -round must be positive")
+	if o.pairs < 1 || o.clients < 1 || o.acceptors < 1 || o.sources < 1 || o.starts < 1 || o.round <= 0 ||
+		o.cpuRounds < 1 || o.cpuRound <= 0 || o.vmRounds < 1 {
+		return nil, fmt.Errorf("-pairs, -clients, -acceptors, -sources, -starts, -round, -cpu-rounds, -cpu-round and -vm-rounds must be positive")
 	}
 	return o, nil
 }

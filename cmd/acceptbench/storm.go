@@ -3,7 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -127,6 +130,20 @@ type stormResult struct {
 	elapsed           time.Duration
 	slices            []float64     // accepts/s in each sampling slice
 	cpu               time.Duration // used by this process and by others[] in the window
+	busy              time.Duration // busy CPU time of the whole machine in the window (/proc/stat)
+	kthreads          time.Duration // CPU time of kernel threads (softirq, workqueues) in the window
+}
+
+// ownPerConn is the CPU this storm caused per accepted connection, in µs:
+// this process, the other process counted in cpu, and the kernel's threads;
+// unlike busyPerConn, other work on a shared machine is left out.
+func (r stormResult) ownPerConn() float64 {
+	return float64((r.cpu + r.kthreads).Nanoseconds()) / 1e3 / float64(r.accepted)
+}
+
+// busyPerConn is the machine's busy CPU per accepted connection, in µs.
+func (r stormResult) busyPerConn() float64 {
+	return float64(r.busy.Nanoseconds()) / 1e3 / float64(r.accepted)
 }
 
 // efficiency is connections per CPU-second spent by the benchmark and the
@@ -171,12 +188,12 @@ func distinctSources(i uint64) [4]byte {
 	return [4]byte{byte(a >> 24), byte(a >> 16), byte(a >> 8), byte(a)}
 }
 
-// storm dials the server from workers concurrent clients until d has passed
-// or limit connections (0: no limit) were attempted, then waits for the
-// server to drain. other, if not nil, is the CPU time of another process to
-// count in the storm's CPU. Each client binds its source address, connects with a
+// storm dials the server from workers concurrent clients until warm+d has
+// passed or limit connections (0: no limit) were attempted, then waits for
+// the server to drain; the first warm of it is not measured. other, if not
+// nil, is the CPU time of another process to count in the storm's CPU. Each client binds its source address, connects with a
 // blocking connect and closes with SO_LINGER 0 (an RST: no TIME_WAIT).
-func storm(s *server, workers int, src source, d time.Duration, limit uint64, other func() time.Duration) stormResult {
+func storm(s *server, workers int, src source, warm, d time.Duration, limit uint64, other func() time.Duration) stormResult {
 	cpu := func() time.Duration {
 		if other == nil {
 			return selfCPU()
@@ -187,8 +204,6 @@ func storm(s *server, workers int, src source, d time.Duration, limit uint64, ot
 	var stop atomic.Bool
 	var wg sync.WaitGroup
 	dst := &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: s.port}
-	start, cpu0 := time.Now(), cpu()
-	base := s.accepted.Load()
 	for range workers {
 		wg.Add(1)
 		go func() {
@@ -216,6 +231,11 @@ func storm(s *server, workers int, src source, d time.Duration, limit uint64, ot
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
+	if warm > 0 {
+		time.Sleep(warm)
+	}
+	start, cpu0, busy0, kt0 := time.Now(), cpu(), machineBusy(), kthreadCPU()
+	base := s.accepted.Load()
 	var r stormResult
 	tick := time.NewTicker(sliceLen)
 	defer tick.Stop()
@@ -234,12 +254,70 @@ sample:
 			last, lastT = n, now
 		}
 	}
-	r.accepted, r.elapsed, r.cpu = s.accepted.Load()-base, time.Since(start), cpu()-cpu0
+	r.accepted, r.elapsed, r.cpu, r.busy = s.accepted.Load()-base, time.Since(start), cpu()-cpu0, machineBusy()-busy0
+	r.kthreads = kthreadCPU() - kt0
 	stop.Store(true)
 	<-done
 	s.drain(base + connected.Load())
 	r.connected, r.failed = connected.Load(), failed.Load()
 	return r
+}
+
+// userHZ is the unit of /proc/stat: USER_HZ, 100 on every Linux architecture
+// that acceptwatch runs on.
+const userHZ = 100
+
+// machineBusy is the CPU time every CPU of the machine has spent busy so far:
+// user+nice+system+irq+softirq of /proc/stat's "cpu" line (idle, iowait and
+// steal are left out; guest time is already inside user).
+func machineBusy() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0
+	}
+	var ticks uint64
+	for _, i := range []int{1, 2, 3, 6, 7} { // user nice system (idle iowait) irq softirq
+		n, _ := strconv.ParseUint(f[i], 10, 64)
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / userHZ
+}
+
+// kthreadCPU is the CPU time of every kernel thread so far (children of
+// kthreadd, PID 2: ksoftirqd, kworkers), from schedstat in nanoseconds. A
+// thread that ends between two reads drops out of the sum: kernel threads
+// seldom end, and a round's result would then be off by its short life.
+func kthreadCPU() time.Duration {
+	ents, _ := os.ReadDir("/proc")
+	var sum time.Duration
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// After "(comm)", which may hold anything: state ppid ...
+		i := strings.LastIndexByte(string(stat), ')')
+		f := strings.Fields(string(stat[i+1:]))
+		if i < 0 || len(f) < 2 || (f[1] != "2" && pid != 2) {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/schedstat"); err == nil {
+			if g := strings.Fields(string(b)); len(g) > 0 {
+				ns, _ := strconv.ParseInt(g[0], 10, 64)
+				sum += time.Duration(ns)
+			}
+		}
+	}
+	return sum
 }
 
 var lingerRST = &unix.Linger{Onoff: 1, Linger: 0}

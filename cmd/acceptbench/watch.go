@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,23 +25,29 @@ type watch struct {
 	outPath  string
 	startup  time.Duration // exec to the "tracing" line
 	readyCPU time.Duration // CPU time used up to then
+	json     bool          // -o json: stop parses the summary
 
 	mu     sync.Mutex
 	stderr bytes.Buffer
 	done   chan struct{} // closed when stderr reaches EOF
 }
 
-// startWatch execs acceptwatch with args plus "-o json", stdout to a file in
-// dir, and waits for it to say it is tracing. If it exits instead, the error
-// is its last stderr line.
+// startWatch execs acceptwatch with args (plus "-o json" unless they choose
+// an output), stdout to a file in dir, and waits for it to say it is
+// tracing. If it exits instead, the error is its last stderr line.
 func startWatch(bin, dir string, args ...string) (*watch, error) {
-	f, err := os.CreateTemp(dir, "aw-out-*.jsonl")
+	f, err := os.CreateTemp(dir, "aw-out-*")
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	w := &watch{outPath: f.Name(), done: make(chan struct{})}
-	w.cmd = exec.Command(bin, append(args, "-o", "json")...)
+	w := &watch{outPath: f.Name(), done: make(chan struct{}), json: true}
+	if i := slices.IndexFunc(args, func(a string) bool { return a == "-o" || a == "--output" }); i >= 0 && i+1 < len(args) {
+		w.json = args[i+1] == "json"
+	} else {
+		args = append(args, "-o", "json")
+	}
+	w.cmd = exec.Command(bin, args...)
 	w.cmd.Stdout = f
 	pr, err := w.cmd.StderrPipe()
 	if err != nil {
@@ -94,10 +101,13 @@ func lastLine(s string) string {
 	return strings.TrimPrefix(lines[len(lines)-1], "acceptwatch: ")
 }
 
-// cpuTime is the CPU time of every thread of the process so far (schedstat is
-// in nanoseconds; /proc/PID/stat only has clock ticks).
-func (w *watch) cpuTime() time.Duration {
-	dir := fmt.Sprintf("/proc/%d/task", w.cmd.Process.Pid)
+// cpuTime is the CPU time of every thread of the process so far.
+func (w *watch) cpuTime() time.Duration { return procCPU(w.cmd.Process.Pid) }
+
+// procCPU is the CPU time of every thread of process pid so far (schedstat
+// is in nanoseconds; /proc/PID/stat only has clock ticks).
+func procCPU(pid int) time.Duration {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
 	tasks, _ := os.ReadDir(dir)
 	var sum time.Duration
 	for _, t := range tasks {
@@ -190,6 +200,16 @@ wait:
 	defer f.Close()
 	if fi, err := f.Stat(); err == nil {
 		st.outBytes = fi.Size()
+	}
+	if !w.json {
+		// Text: live lines start with the time, HH:MM:SS.
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if l := sc.Bytes(); len(l) > 8 && l[2] == ':' && l[5] == ':' && l[8] == ' ' {
+				st.lines++
+			}
+		}
+		return st, sc.Err()
 	}
 	dec := json.NewDecoder(bufio.NewReaderSize(f, 1<<20))
 	found := false

@@ -38,6 +38,11 @@ import (
 // programs takes seconds.
 const startTimeout = 90 * time.Second
 
+// stopSlack is how late a --duration stop or an --interval window may end:
+// the loop wakes at the boundary, then reads the counters (milliseconds,
+// more under QEMU's emulation).
+const stopSlack = 60 * time.Millisecond
+
 var (
 	buildOnce sync.Once
 	builtBin  string
@@ -392,6 +397,9 @@ type jsonEvent struct {
 type jsonSummary struct {
 	Type               string            `json:"type"`
 	Final              bool              `json:"final"`
+	Start              time.Time         `json:"start"`
+	End                time.Time         `json:"end"`
+	DurationS          float64           `json:"duration_s"`
 	AttachMode         string            `json:"attach_mode"`
 	Ports              []string          `json:"ports"`
 	TotalAccepted      uint64            `json:"total_accepted"`
@@ -420,18 +428,19 @@ type jsonSummary struct {
 		QueueWait    jsonWaits `json:"queue_wait"`
 	} `json:"listeners"`
 	Addresses []struct {
-		Addr          string  `json:"addr"`
-		Accepted      uint64  `json:"accepted"`
-		Handshakes    uint64  `json:"handshakes"`
-		First         *string `json:"first"`
-		Last          *string `json:"last"`
-		NotAccepted   uint64  `json:"not_accepted"`
-		ClientGone    uint64  `json:"client_gone"`
-		SynackRetrans uint64  `json:"synack_retrans"`
-		Syns          *uint64 `json:"syns"`
-		Open          *uint64 `json:"open"`
-		SynRecv       *uint64 `json:"syn_recv"`
-		Drops         *uint64 `json:"drops"`
+		Addr          string    `json:"addr"`
+		Accepted      uint64    `json:"accepted"`
+		Handshakes    uint64    `json:"handshakes"`
+		First         *string   `json:"first"`
+		Last          *string   `json:"last"`
+		NotAccepted   uint64    `json:"not_accepted"`
+		ClientGone    uint64    `json:"client_gone"`
+		SynackRetrans uint64    `json:"synack_retrans"`
+		Syns          *uint64   `json:"syns"`
+		Open          *uint64   `json:"open"`
+		SynRecv       *uint64   `json:"syn_recv"`
+		Drops         *uint64   `json:"drops"`
+		QueueWait     jsonWaits `json:"queue_wait"`
 	} `json:"addresses"`
 	PrefixLen []int `json:"prefix_len"`
 	Prefixes  []struct {
@@ -462,10 +471,13 @@ func (s jsonSummary) addr(a string) (row struct {
 }
 
 type jsonWaits struct {
-	Count uint64 `json:"count"`
-	P50   *int64 `json:"p50_us"`
-	P99   *int64 `json:"p99_us"`
-	Max   *int64 `json:"max_us"`
+	Count    uint64    `json:"count"`
+	P50      *int64    `json:"p50_us"`
+	P99      *int64    `json:"p99_us"`
+	P50Range *[2]int64 `json:"p50_range_us"`
+	P99Range *[2]int64 `json:"p99_range_us"`
+	Min      *int64    `json:"min_us"`
+	Max      *int64    `json:"max_us"`
 }
 
 func parseJSON(t *testing.T, out string) (events []jsonEvent, summaries []jsonSummary) {
@@ -748,25 +760,55 @@ func TestStops(t *testing.T) {
 		if !strings.Contains(p.stdout.String(), "no connections") {
 			t.Errorf("summary after --duration:\n%s", p.stdout.String())
 		}
+		// The summary covers the time tracing was on: the second asked
+		// for, not a poll interval more.
+		if !regexp.MustCompile(`\(1\.0s\)`).MatchString(p.stdout.String()) {
+			t.Errorf("--duration 1s summary does not say (1.0s):\n%s", p.stdout.String())
+		}
+		p = start(t, "-port", strconv.Itoa(watched.port), "-q", "-o", "json", "--duration", "1s")
+		p.stop(nil)
+		_, sums := parseJSON(t, p.stdout.String())
+		if d := finalSummary(t, sums).DurationS; d < 1 || d > 1+stopSlack.Seconds() {
+			t.Errorf("--duration 1s: duration_s %.3f, want 1 to %.3f", d, 1+stopSlack.Seconds())
+		}
 	})
 	t.Run("interval", func(t *testing.T) {
 		watched, unwatched := listen(t), listen(t)
-		p := start(t, "-port", strconv.Itoa(watched.port), "-o", "json", "-q", "--interval", "1s")
+		p := start(t, "-port", strconv.Itoa(watched.port), "-o", "json", "-q", "--interval", "300ms")
 		total := sendTraffic(t, watched, unwatched)
-		time.Sleep(1500 * time.Millisecond) // at least one window boundary
+		time.Sleep(1500 * time.Millisecond) // several window boundaries
 		p.stop(os.Interrupt)
 		_, sums := parseJSON(t, p.stdout.String())
 		s := finalSummary(t, sums)
 		var windows uint64
-		for _, w := range sums[:len(sums)-1] {
+		for i, w := range sums[:len(sums)-1] {
 			if w.Final {
 				t.Errorf("window summary marked final")
 			}
 			windows += w.TotalAccepted
+			// Windows follow each other without gaps, from the run's
+			// start, each as long as asked (the last one ends at the stop).
+			if i == 0 && !w.Start.Equal(s.Start) || i > 0 && !w.Start.Equal(sums[i-1].End) {
+				t.Errorf("window %d starts at %v, previous ended at %v (run start %v)", i, w.Start, sums[max(i-1, 0)].End, s.Start)
+			}
+			if i < len(sums)-2 && (w.DurationS < 0.3 || w.DurationS > 0.3+stopSlack.Seconds()) {
+				t.Errorf("window %d lasted %.3fs, want 0.3 to %.3f", i, w.DurationS, 0.3+stopSlack.Seconds())
+			}
 		}
-		if len(sums) < 3 || windows != uint64(total) || s.TotalAccepted != uint64(total) {
-			t.Errorf("%d summaries; windows add up to %d accepts, final %d; want >=3, %d, %d",
+		if len(sums) < 5 || windows != uint64(total) || s.TotalAccepted != uint64(total) {
+			t.Errorf("%d summaries; windows add up to %d accepts, final %d; want >=5, %d, %d",
 				len(sums), windows, s.TotalAccepted, total, total)
+		}
+	})
+	// A hangup (terminal closed) ends the run like Ctrl-C, with the summary.
+	t.Run("sighup", func(t *testing.T) {
+		watched, unwatched := listen(t), listen(t)
+		p := start(t, "-port", strconv.Itoa(watched.port), "-o", "json", "-q")
+		total := sendTraffic(t, watched, unwatched)
+		p.stop(syscall.SIGHUP)
+		_, sums := parseJSON(t, p.stdout.String())
+		if s := finalSummary(t, sums); s.TotalAccepted != uint64(total) {
+			t.Errorf("summary after SIGHUP: %d accepted, want %d", s.TotalAccepted, total)
 		}
 	})
 	t.Run("closed-stdout", func(t *testing.T) {

@@ -42,10 +42,12 @@ type options struct {
 	saveBaseline      string
 	baselineFactor    float64
 	readyFile         string // test hook: written once tracing has started
+	cpuProfile        string // profiling hook: pprof CPU profile of the whole run
 	snapshot          snapshotOptions
 
+	pidSet    bool             // --pid was given (0 is then an error)
 	portList  []uint16         // parsed from ports
-	portNames []string         // normalised, for display
+	portNames []string         // normalised, for display: sorted, ranges merged
 	prefixLen report.PrefixLen // parsed from prefix
 }
 
@@ -83,19 +85,19 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("acceptwatch", pflag.ContinueOnError)
 	fs.SortFlags = false
 	fs.StringSliceVarP(&o.ports, "port", "P", nil, "local `ports` to watch: 80, 80,443, 8000-8100; repeatable (default all)")
-	fs.Uint32VarP(&o.pid, "pid", "p", 0, "only accepts by this process `id` (handshakes are counted for every process)")
+	fs.Uint32VarP(&o.pid, "pid", "p", 0, "only accepts by this process `id` (handshakes are counted for every process; default every process)")
 	fs.BoolVarP(&o.ipv4, "ipv4", "4", false, "IPv4 only (IPv4 clients of dual-stack listeners included)")
 	fs.BoolVarP(&o.ipv6, "ipv6", "6", false, "IPv6 only")
-	fs.DurationVarP(&o.duration, "duration", "d", 0, "stop after this long (e.g. 30s, 5m)")
-	fs.DurationVarP(&o.interval, "interval", "i", 0, "print a summary for each window of this length and keep going")
-	fs.Uint64VarP(&o.count, "count", "c", 0, "stop after this many accepts")
+	fs.DurationVarP(&o.duration, "duration", "d", 0, "stop after this long, e.g. 30s, 5m (0: until Ctrl-C)")
+	fs.DurationVarP(&o.interval, "interval", "i", 0, "also print a summary for each window of this length, at least "+minInterval.String()+" (0: only at the end)")
+	fs.Uint64VarP(&o.count, "count", "c", 0, "stop after this many accepts (0: no limit)")
 	fs.IntVar(&o.top, "top", 20, "rows in the text summary (0: all)")
 	fs.BoolVarP(&o.quiet, "quiet", "q", false, "no live lines, summary only")
 	fs.StringVarP(&o.output, "output", "o", "text", "output `format`: text or json")
 	fs.StringVar(&o.attach, "attach", tracer.ModeAuto, "accept hook: auto, fexit, kretprobe or tracepoint")
 	fs.Uint32Var(&o.maxAddresses, "max-addresses", tracer.DefaultMaxAddresses, "capacity of the kernel's per-address counters")
-	fs.DurationVar(&o.waitThreshold, "wait-threshold", 100*time.Millisecond, "report a finding when a port's queue wait p99 is above this")
-	fs.Uint64Var(&o.halfOpenThreshold, "half-open-threshold", 10, "report a finding for an address with this many SYN-ACK retransmits")
+	fs.DurationVar(&o.waitThreshold, "wait-threshold", 100*time.Millisecond, "report a finding when a port's queue wait p99 is above this (0: never)")
+	fs.Uint64Var(&o.halfOpenThreshold, "half-open-threshold", 10, "report a finding for an address with this many SYN-ACK retransmits (0: never)")
 	snapshotFlags(fs, &o.snapshot)
 	d := report.DefaultThresholds
 	fs.StringVar(&o.prefix, "prefix", d.Prefix.String(), "network `bits` for IPv4,IPv6 in per-network findings and --group-by prefix")
@@ -112,6 +114,8 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help")
 	fs.StringVar(&o.readyFile, "ready-file", "", "create this file once tracing has started")
 	_ = fs.MarkHidden("ready-file")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a pprof CPU profile of the run to this file")
+	_ = fs.MarkHidden("cpuprofile")
 	return fs
 }
 
@@ -125,16 +129,21 @@ func parseFlags(args []string) (*options, *pflag.FlagSet, error) {
 	fs := newFlagSet(o)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	if err := fs.Parse(singleDashLong(fs, args)); err != nil {
+	args = singleDashLong(fs, args)
+	if err := flagWithoutValue(fs, args); err != nil {
+		return nil, fs, err
+	}
+	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			o.help = true
 			return o, fs, nil
 		}
-		return nil, fs, usageError{err.Error()}
+		return nil, fs, friendly(err)
 	}
 	if fs.NArg() > 0 {
 		return nil, fs, usagef("unexpected argument %q (ports go after -port)", fs.Arg(0))
 	}
+	o.pidSet = fs.Changed("pid")
 	if fs.Changed("port") && len(o.ports) == 0 {
 		return nil, fs, usagef(`invalid port "": empty`)
 	}
@@ -165,6 +174,94 @@ func singleDashLong(fs *pflag.FlagSet, args []string) []string {
 		out = append(out, a)
 	}
 	return out
+}
+
+// minInterval is the shortest --interval: a window's summary reads every
+// kernel counter, and shorter windows would be mostly that reading.
+const minInterval = 100 * time.Millisecond
+
+// expects says, per flag that takes a number or a duration, what a valid
+// value looks like: pflag's own errors quote strconv and time internals.
+var expects = map[string]string{
+	"pid":                  "a process id, 1 or more",
+	"count":                "a whole number (0: no limit)",
+	"top":                  "a whole number, 0 or more",
+	"max-addresses":        "a whole number, 1 or more",
+	"half-open-threshold":  "a whole number (0: never)",
+	"duration":             "a duration such as 30s or 5m (0: until Ctrl-C)",
+	"interval":             "a duration such as 10s (0: only the final summary)",
+	"wait-threshold":       "a duration such as 100ms (0: never)",
+	"syn-recv-share":       "a percentage, 0 to 100",
+	"address-share":        "a percentage, 0 to 100",
+	"close-wait-threshold": "a whole number",
+	"flood-min":            "a whole number",
+	"flood-factor":         "a number, 0 or more",
+	"flood-share":          "a share between 0 and 1",
+	"baseline-factor":      "a number, 0 or more",
+}
+
+// friendly rewrites pflag's errors for bad and missing values in the words
+// acceptwatch uses for every flag.
+func friendly(err error) error {
+	var bad *pflag.InvalidValueError
+	if errors.As(err, &bad) {
+		name := bad.GetFlag().Name
+		if want, ok := expects[name]; ok {
+			return usagef("invalid --%s %q: want %s", name, bad.GetValue(), want)
+		}
+		return usagef("invalid --%s %q", name, bad.GetValue())
+	}
+	var missing *pflag.ValueRequiredError
+	if errors.As(err, &missing) {
+		return usagef("flag --%s needs a value", missing.GetFlag().Name)
+	}
+	return usageError{err.Error()}
+}
+
+// flagWithoutValue catches a flag that takes a value followed by another
+// flag ("-port --duration 1s"): pflag would take "--duration" as the port
+// and then complain about "1s". Negative numbers ("--top -1") are values.
+func flagWithoutValue(fs *pflag.FlagSet, args []string) error {
+	needsValue := func(f *pflag.Flag) bool { return f != nil && f.NoOptDefVal == "" }
+	short := func(r rune) *pflag.Flag {
+		if r >= 0x80 {
+			return nil // ShorthandLookup panics on more than one byte
+		}
+		return fs.ShorthandLookup(string(r))
+	}
+	isFlag := func(a string) bool {
+		switch {
+		case strings.HasPrefix(a, "--"):
+			name, _, _ := strings.Cut(a[2:], "=")
+			return fs.Lookup(name) != nil
+		case len(a) > 1 && a[0] == '-':
+			return short(rune(a[1])) != nil
+		}
+		return false
+	}
+	for i := 0; i+1 < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return nil
+		}
+		var f *pflag.Flag
+		switch {
+		case strings.HasPrefix(a, "--") && !strings.Contains(a, "="):
+			f = fs.Lookup(a[2:])
+		case len(a) > 1 && a[0] == '-' && a[1] != '-':
+			// A shorthand cluster (-qP) takes a value only with its last letter.
+			if j := strings.IndexFunc(a[1:], func(r rune) bool { return needsValue(short(r)) }); j == len(a)-2 {
+				f = short(rune(a[len(a)-1]))
+			}
+		}
+		if needsValue(f) && isFlag(args[i+1]) {
+			return usagef("flag --%s needs a value (got the flag %s)", f.Name, args[i+1])
+		}
+		if needsValue(f) {
+			i++ // skip the value
+		}
+	}
+	return nil
 }
 
 func (o *options) validate() error {
@@ -201,6 +298,12 @@ func (o *options) validate() error {
 	if !(o.floodShare >= 0 && o.floodShare <= 1) {
 		return usagef("invalid --flood-share %v: must be between 0 and 1", o.floodShare)
 	}
+	if o.pid == 0 && o.pidSet {
+		return usagef("invalid --pid 0: want %s (leave -p out to watch every process)", expects["pid"])
+	}
+	if o.interval > 0 && o.interval < minInterval {
+		return usagef("invalid --interval %s: the shortest window is %s", o.interval, minInterval)
+	}
 	var err error
 	if o.prefixLen, err = report.ParsePrefixLen(o.prefix); err != nil {
 		return usagef("invalid --prefix %q: %v", o.prefix, err)
@@ -210,10 +313,10 @@ func (o *options) validate() error {
 }
 
 // parsePorts turns "80", "80,443" (already split by pflag) and "8000-8100"
-// into a sorted list without duplicates, plus the normalised spellings.
+// into a sorted list without duplicates, plus its spelling with adjacent
+// ports merged into ranges ("80,80" is "80"; "22,20-23" is "20-23").
 func parsePorts(specs []string) ([]uint16, []string, error) {
 	var seen [65536]bool
-	var names []string
 	for _, spec := range specs {
 		spec = strings.TrimSpace(spec)
 		lo, hi, isRange := strings.Cut(spec, "-")
@@ -233,16 +336,24 @@ func parsePorts(specs []string) ([]uint16, []string, error) {
 		for p := first; p <= last; p++ {
 			seen[p] = true
 		}
-		if first == last {
-			names = append(names, strconv.Itoa(first))
-		} else {
-			names = append(names, fmt.Sprintf("%d-%d", first, last))
-		}
 	}
 	var ports []uint16
-	for p, on := range seen {
-		if on {
-			ports = append(ports, uint16(p))
+	var names []string
+	for p := 0; p < len(seen); p++ {
+		if !seen[p] {
+			continue
+		}
+		first := p
+		for p+1 < len(seen) && seen[p+1] {
+			p++
+		}
+		for q := first; q <= p; q++ {
+			ports = append(ports, uint16(q))
+		}
+		if first == p {
+			names = append(names, strconv.Itoa(first))
+		} else {
+			names = append(names, fmt.Sprintf("%d-%d", first, p))
 		}
 	}
 	return ports, names, nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"runtime/debug"
 
 	"github.com/acceptwatch/acceptwatch/report"
 	"slices"
@@ -22,9 +23,13 @@ func TestParseFlagsForms(t *testing.T) {
 		{[]string{"-port=80"}, []uint16{80}, []string{"80"}},
 		{[]string{"-P", "80"}, []uint16{80}, []string{"80"}},
 		{[]string{"-port", "80,443"}, []uint16{80, 443}, []string{"80", "443"}},
-		{[]string{"-port", "443", "-P", "80"}, []uint16{80, 443}, []string{"443", "80"}},
+		{[]string{"-port", "443", "-P", "80"}, []uint16{80, 443}, []string{"80", "443"}},
 		{[]string{"-port", "8000-8003"}, []uint16{8000, 8001, 8002, 8003}, []string{"8000-8003"}},
-		{[]string{"-port", "22,20-23"}, []uint16{20, 21, 22, 23}, []string{"22", "20-23"}},
+		// Normalised: duplicates once, sorted, adjacent ports as one range.
+		{[]string{"-port", "22,20-23"}, []uint16{20, 21, 22, 23}, []string{"20-23"}},
+		{[]string{"-P", "80,80"}, []uint16{80}, []string{"80"}},
+		{[]string{"-P", "82,80,81", "-P", "443"}, []uint16{80, 81, 82, 443}, []string{"80-82", "443"}},
+		{[]string{"-P", "65534-65535,1"}, []uint16{1, 65534, 65535}, []string{"1", "65534-65535"}},
 		{[]string{"-port", "65535"}, []uint16{65535}, []string{"65535"}},
 		{nil, nil, nil},
 	} {
@@ -91,6 +96,26 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"--duration", "-1s"}, "negative"},
 		{[]string{"--nope"}, "nope"},
 		{[]string{"80"}, `unexpected argument "80"`},
+		// Numbers and durations: the same wording for every flag, no
+		// strconv or time package internals.
+		{[]string{"--pid", "-1"}, `invalid --pid "-1": want a process id`},
+		{[]string{"-p", "x"}, `invalid --pid "x"`},
+		{[]string{"--pid", "0"}, `invalid --pid 0`},
+		{[]string{"--count", "-1"}, `invalid --count "-1": want a whole number`},
+		{[]string{"--half-open-threshold", "-1"}, `invalid --half-open-threshold "-1"`},
+		{[]string{"--max-addresses", "99999999999"}, `invalid --max-addresses "99999999999"`},
+		{[]string{"--top", "many"}, `invalid --top "many"`},
+		{[]string{"--duration", "soon"}, `invalid --duration "soon": want a duration`},
+		{[]string{"--wait-threshold", "5"}, `invalid --wait-threshold "5"`},
+		// A flag where a value belongs, or no value at all.
+		{[]string{"-port", "--duration", "1s"}, "flag --port needs a value (got the flag --duration)"},
+		{[]string{"-P", "-q"}, "flag --port needs a value"},
+		{[]string{"-qP", "-d", "1s"}, "flag --port needs a value"},
+		{[]string{"--count", "-port", "80"}, "flag --count needs a value"},
+		{[]string{"-port"}, "flag --port needs a value"},
+		// Windows shorter than the reader can keep to.
+		{[]string{"--interval", "1ms"}, "invalid --interval 1ms: the shortest window is 100ms"},
+		{[]string{"-i", "99ms"}, "the shortest window is 100ms"},
 	} {
 		_, _, err := parseFlags(tc.args)
 		var u usageError
@@ -101,6 +126,30 @@ func TestParseFlagsErrors(t *testing.T) {
 		if !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%q: %q, want one line containing %q", tc.args, err, tc.want)
 		}
+		for _, internal := range []string{"strconv", "Parse", "time:", "invalid argument"} {
+			if strings.Contains(err.Error(), internal) {
+				t.Errorf("%q: %q shows Go internals (%q)", tc.args, err, internal)
+			}
+		}
+	}
+}
+
+// Values that look like flags but are not, and zeros that mean "no limit".
+func TestParseFlagsValuesNotFlags(t *testing.T) {
+	o, _, err := parseFlags([]string{"--interval", "100ms", "-d", "0", "-c", "0", "-p", "7", "-P", "-"})
+	if err == nil || !strings.Contains(err.Error(), `invalid port "-"`) {
+		// "-" is not a flag: it is the (bad) port value, not a missing one.
+		t.Errorf(`-P - gave %v, want the port error`, err)
+	}
+	o, _, err = parseFlags([]string{"--interval", "100ms", "-d", "0", "-c", "0", "-p", "7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.interval != 100*time.Millisecond || o.duration != 0 || o.count != 0 || o.pid != 7 {
+		t.Errorf("parsed as %+v", o)
+	}
+	if _, _, err := parseFlags([]string{"--top", "-1"}); err == nil || !strings.Contains(err.Error(), "invalid --top -1") {
+		t.Errorf("--top -1: %v, want the --top range error (a negative number is a value)", err)
 	}
 }
 
@@ -118,12 +167,42 @@ func TestHelpHasExamples(t *testing.T) {
 	if err := run(t.Context(), []string{"-h"}, &out, &out); err != nil {
 		t.Fatal(err)
 	}
-	for _, frag := range []string{"-port 80", "--attach", "Examples:", "--max-addresses"} {
+	for _, frag := range []string{"-port 80", "--attach", "Examples:", "--max-addresses",
+		// What a zero means, for every flag where 0 is allowed.
+		"(0: until Ctrl-C)", "(0: no limit)", "(0: only at the end)", "(0: all)", "default every process", "at least 100ms"} {
 		if !strings.Contains(out.String(), frag) {
 			t.Errorf("help lacks %q", frag)
 		}
 	}
 	if strings.Contains(out.String(), "ready-file") {
 		t.Errorf("help shows the hidden test hook")
+	}
+}
+
+func TestVersionOf(t *testing.T) {
+	bi := func(v string, kv ...string) *debug.BuildInfo {
+		b := &debug.BuildInfo{Main: debug.Module{Version: v}}
+		for i := 0; i+1 < len(kv); i += 2 {
+			b.Settings = append(b.Settings, debug.BuildSetting{Key: kv[i], Value: kv[i+1]})
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		bi   *debug.BuildInfo
+		want string
+	}{
+		{bi("v0.0.0-20261122034753-93c081bcce4f+dirty", "vcs.revision", "93c081bcce4f16dd2201340125f3b1512b96057f",
+			"vcs.time", "2026-11-22T03:47:53Z", "vcs.modified", "true"),
+			"v0.0.0-20261122034753-93c081bcce4f+dirty (commit 93c081bcce4f dirty, 2026-11-22T03:47:53Z)"},
+		{bi("v1.2.0", "vcs.revision", "0123456789abcdef", "vcs.modified", "false"), "v1.2.0 (commit 0123456789ab)"},
+		{bi("(devel)"), "(devel) (no commit recorded: build from a git clone with go build -buildvcs=true)"},
+	} {
+		if got := versionOf(tc.bi, ""); got != tc.want {
+			t.Errorf("versionOf = %q, want %q", got, tc.want)
+		}
+	}
+	// make build in a worktree: the commit from git describe.
+	if got := versionOf(bi("(devel)"), "93c081bcce4f-dirty"); got != "(devel) (commit 93c081bcce4f dirty)" {
+		t.Errorf("versionOf with a described commit = %q", got)
 	}
 }

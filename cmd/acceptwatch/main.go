@@ -17,7 +17,9 @@ func main() {
 	// SIGPIPE is caught so that a closed stdout (| head) comes back as EPIPE
 	// and acceptwatch detaches cleanly instead of dying mid-write.
 	signal.Ignore(syscall.SIGPIPE)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// A hangup (the terminal closed, or a supervisor's stop) ends the run
+	// like Ctrl-C: with the summary.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {

@@ -6,9 +6,11 @@ package main
 
 import (
 	"encoding/binary"
+	"math"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -132,6 +134,91 @@ func TestQueueWait(t *testing.T) {
 	}
 	if !hasFinding(s, "queue wait p99") {
 		t.Errorf("no queue-wait finding for a %v wait (threshold 100ms): %q", sleep, s.Findings)
+	}
+}
+
+// TestQueueWaitPercentiles: a server that sleeps known times before each
+// accept. The live events carry each connection's exact wait; the summary's
+// percentiles must hold the true ones: per port within 5 %, per address
+// within the range printed, and a single wait exactly.
+func TestQueueWaitPercentiles(t *testing.T) {
+	fd, port := rawListener(t, 64)
+	p := start(t, "-port", strconv.Itoa(port), "-o", "json")
+	// Ten connections from one address, accepted 15 ms apart: waits of
+	// about 15, 30, ... 150 ms.
+	connectN(t, "127.0.0.21", port, 10)
+	for range 10 {
+		time.Sleep(15 * time.Millisecond)
+		acceptN(t, fd, 1)
+	}
+	// One connection that waits 40 ms alone.
+	connectN(t, "127.0.0.22", port, 1)
+	time.Sleep(40 * time.Millisecond)
+	acceptN(t, fd, 1)
+	// Five taken at once: waits of microseconds.
+	connectN(t, "127.0.0.23", port, 5)
+	acceptN(t, fd, 5)
+	p.stop(os.Interrupt)
+
+	events, s := parseQueue(t, p.stdout.String())
+	waits := map[string][]int64{} // µs, per address and "" for the port
+	for _, e := range events {
+		if e.QueueWaitUs == nil {
+			t.Fatalf("event without a queue wait: %+v", e)
+		}
+		waits[e.RemoteAddr] = append(waits[e.RemoteAddr], *e.QueueWaitUs)
+		waits[""] = append(waits[""], *e.QueueWaitUs)
+	}
+	if len(waits[""]) != 16 {
+		t.Fatalf("%d events, want 16", len(waits[""]))
+	}
+	// Nearest rank, as acceptwatch defines its percentiles. Event waits are
+	// whole µs (truncated), the histograms count nanoseconds: 1 µs slack.
+	rank := func(w []int64, q float64) int64 {
+		w = slices.Clone(w)
+		slices.Sort(w)
+		return w[int(math.Ceil(q*float64(len(w))))-1]
+	}
+	check := func(who string, qw jsonWaits, w []int64, within5 bool) {
+		t.Helper()
+		if qw.Count != uint64(len(w)) || qw.P50 == nil || qw.P50Range == nil || qw.P99Range == nil || qw.Min == nil || qw.Max == nil {
+			t.Errorf("%s: queue_wait %+v for %d waits", who, qw, len(w))
+			return
+		}
+		if *qw.Min > slices.Min(w)+1 || *qw.Min < slices.Min(w) || *qw.Max > slices.Max(w)+1 || *qw.Max < slices.Max(w) {
+			t.Errorf("%s: min %d max %d µs, want %d and %d", who, *qw.Min, *qw.Max, slices.Min(w), slices.Max(w))
+		}
+		for _, c := range []struct {
+			q   float64
+			est *int64
+			rng *[2]int64
+		}{{0.5, qw.P50, qw.P50Range}, {0.99, qw.P99, qw.P99Range}} {
+			truth := rank(w, c.q)
+			if truth < c.rng[0] || truth > c.rng[1]+1 {
+				t.Errorf("%s: p%.0f is %d µs, outside the range %v printed", who, c.q*100, truth, *c.rng)
+			}
+			if *c.est < c.rng[0] || *c.est > c.rng[1] {
+				t.Errorf("%s: p%.0f estimate %d µs outside its range %v", who, c.q*100, *c.est, *c.rng)
+			}
+			if within5 && math.Abs(float64(*c.est-truth)) > 0.05*float64(truth)+1 {
+				t.Errorf("%s: p%.0f %d µs, true %d: more than 5 %% off", who, c.q*100, *c.est, truth)
+			}
+		}
+	}
+	if len(s.Listeners) != 1 {
+		t.Fatalf("listeners %+v", s.Listeners)
+	}
+	check("port", s.Listeners[0].QueueWait, waits[""], true)
+	for _, a := range s.Addresses {
+		check(a.Addr, a.QueueWait, waits[a.Addr], false)
+		// A single wait is known exactly: the range is that wait.
+		if len(waits[a.Addr]) == 1 && a.QueueWait.P50Range != nil &&
+			(a.QueueWait.P50Range[1]-a.QueueWait.P50Range[0] > 1 || *a.QueueWait.P50 < waits[a.Addr][0]-1 || *a.QueueWait.P50 > waits[a.Addr][0]+1) {
+			t.Errorf("%s: one wait of %d µs shown as %d in %v", a.Addr, waits[a.Addr][0], *a.QueueWait.P50, *a.QueueWait.P50Range)
+		}
+	}
+	if len(s.Addresses) != 3 {
+		t.Errorf("%d addresses, want 3", len(s.Addresses))
 	}
 }
 

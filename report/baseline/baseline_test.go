@@ -20,7 +20,8 @@ func normal() report.Summary {
 		Start: t0, End: t0.Add(100 * time.Second), AttachMode: "tracepoint", Ports: []string{"443"},
 		SynCounter: "cgroup_skb", TotalAccepted: 2500, TotalHandshakes: 2500, TotalSyns: 2550,
 		Listeners: []report.PortStats{{Port: 443, Accepted: 2500, Syns: 2550,
-			Wait: report.Wait{Count: 2500, P50: 64 * time.Microsecond, P99: 2 * time.Millisecond, Max: 3 * time.Millisecond}}},
+			Wait: report.Wait{Count: 2500, P50: report.Quantile{Lo: 63 * time.Microsecond, Hi: 65 * time.Microsecond},
+				P99: report.Quantile{Lo: 1950 * time.Microsecond, Hi: 2050 * time.Microsecond}, Max: 3 * time.Millisecond}}},
 	}
 	for i := 1; i <= 5; i++ {
 		s.Addresses = append(s.Addresses, report.AddrStats{Addr: netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), Accepted: 500, Handshakes: 500, Syns: 510})
@@ -110,7 +111,7 @@ func TestCompare(t *testing.T) {
 	s := report.Summary{Start: t0, End: t0.Add(10 * time.Second), SynCounter: "cgroup_skb",
 		TotalAccepted: 8400, TotalHandshakes: 8400, TotalSyns: 33600,
 		Listeners: []report.PortStats{
-			{Port: 443, Accepted: 8400, Syns: 16800, Wait: report.Wait{Count: 8400, P99: 400 * time.Millisecond}},
+			{Port: 443, Accepted: 8400, Syns: 16800, Wait: report.Wait{Count: 8400, P99: report.Quantile{Lo: 400 * time.Millisecond, Hi: 400 * time.Millisecond}}},
 			{Port: 8080, Accepted: 150, Syns: 150},
 		},
 		Addresses: []report.AddrStats{

@@ -64,9 +64,9 @@ func Compare(f *File, s report.Summary, th Thresholds) []string {
 		if l.WaitP99Us != nil && p.Wait.Count >= max(th.Min, 1) {
 			base := time.Duration(*l.WaitP99Us) * time.Microsecond
 			// A base under 1 ms is scheduling noise: compare with 1 ms.
-			if p.Wait.P99 >= time.Duration(th.Factor*float64(max(base, time.Millisecond))) {
+			if p.Wait.P99.Est() >= time.Duration(th.Factor*float64(max(base, time.Millisecond))) {
 				out = append(out, fmt.Sprintf("port %d: queue wait p99 %s, baseline %s", p.Port,
-					report.FormatDuration(p.Wait.P99), report.FormatDuration(base)))
+					report.FormatQuantile(p.Wait.P99), report.FormatDuration(base)))
 			}
 		}
 	}
