@@ -69,6 +69,20 @@ func LookupKernel(arch, name string) (KernelSpec, bool) {
 	return KernelSpec{}, false
 }
 
+// GuestArch is the architecture of a kernel given as vmrun's -kernel takes
+// it: an image file (from its boot header) or a matrix name ("6.12" is
+// amd64, "arm64/7.x" arm64). What runs in its guest must be built for it.
+func GuestArch(kernel string) (string, error) {
+	if _, err := os.Stat(kernel); err == nil {
+		return KernelArch(kernel)
+	}
+	spec, ok := LookupKernel("amd64", kernel)
+	if !ok {
+		return "", fmt.Errorf("kernel %q: no such file and not a matrix kernel name", kernel)
+	}
+	return spec.Arch, nil
+}
+
 // Kernel is a fetched kernel.
 type Kernel struct {
 	Spec    KernelSpec
@@ -201,12 +215,12 @@ Dir::State::Lists "%[1]s/state/lists";
 Dir::State::Status "%[1]s/state/status";
 Dir::Cache "%[1]s/cache";
 Dir::Cache::Archives "%[1]s/cache/archives";
-APT::Architecture "amd64";
+APT::Architecture "%[3]s";
 APT::Architectures { %[2]s };
 APT::Sandbox::User "root";
 Acquire::Languages "none";
 Acquire::Retries "3";
-`, d, aptArches())
+`, d, aptArches(), runtime.GOARCH)
 	files := map[string]string{"apt.conf": conf, "sources.list": src.String(), "empty.conf": "", "preferences": "", "state/status": ""}
 	for name, content := range files {
 		p := filepath.Join(d, name)

@@ -128,10 +128,11 @@ func resolveKernel(k string) (string, error) {
 	if _, err := os.Stat(k); err == nil {
 		return filepath.Abs(k)
 	}
-	spec, ok := vmtest.LookupKernel("amd64", k)
-	if !ok {
-		return "", fmt.Errorf("kernel %q: no such file and not a matrix kernel name", k)
+	arch, err := vmtest.GuestArch(k)
+	if err != nil {
+		return "", err
 	}
+	spec, _ := vmtest.LookupKernel(arch, k)
 	cache, err := vmtest.CacheDir()
 	if err != nil {
 		return "", err
