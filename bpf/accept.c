@@ -40,7 +40,7 @@ static __always_inline void handle_accept(bool direct, bool tcp, struct sock *sk
 	struct pending p;
 	struct delta d = { .accepted = true };
 
-	if (pending_take((__u64)sk, &p)) {
+	if (pending_take((__u64)sk, &p) || (c.state == TCP_SYN_RECV && pending_mark((__u64)sk, &p))) {
 		d.has_wait = true;
 		d.wait_ns = now > p.ts_ns ? now - p.ts_ns : 0;
 	}

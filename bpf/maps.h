@@ -98,16 +98,38 @@ static __always_inline void stat_inc(__u32 idx)
 		(*v)++;
 }
 
-/* Records a completed handshake of socket sk. */
+/* A pending entry with ts_ns 0 (bpf_ktime_get_ns() never reads 0) marks a
+ * socket already accepted before its handshake hook ran: the child is queued
+ * just before it turns ESTABLISHED, so on another CPU fexit and kretprobe can
+ * see the accept first. The late handshake then records nothing; without the
+ * mark its record would outlive the accept and the socket's destruction would
+ * count a connection as never accepted. */
+static __always_inline bool pending_is_mark(const struct pending *p)
+{
+	return p->ts_ns == 0;
+}
+
+/* Records a completed handshake of socket sk, unless an accept marked it. */
 static __always_inline void pending_put(__u64 sk, __u64 ts, __u16 lport)
 {
 	struct pending p = { .ts_ns = ts, .lport = lport };
 
+	if (!bpf_map_update_elem(&aw_pending, &sk, &p, BPF_NOEXIST))
+		return;
+
+	struct pending *old = bpf_map_lookup_elem(&aw_pending, &sk);
+
+	if (old && pending_is_mark(old)) {
+		bpf_map_delete_elem(&aw_pending, &sk);
+		return;
+	}
+	/* A stale record of a reused socket address, or a full table. */
 	if (bpf_map_update_elem(&aw_pending, &sk, &p, BPF_ANY))
 		stat_inc(STAT_PENDING_FULL);
 }
 
-/* Takes the handshake record of socket sk out, if there is one. */
+/* Takes the handshake record of socket sk out, if there is one (a mark is
+ * taken out too, but is no record). */
 static __always_inline bool pending_take(__u64 sk, struct pending *out)
 {
 	struct pending *p = bpf_map_lookup_elem(&aw_pending, &sk);
@@ -116,7 +138,21 @@ static __always_inline bool pending_take(__u64 sk, struct pending *out)
 		return false;
 	*out = *p;
 	bpf_map_delete_elem(&aw_pending, &sk);
-	return true;
+	return !pending_is_mark(out);
+}
+
+/* An accept found no record of a child still in SYN_RECV: its handshake hook
+ * is about to run. Leaves the mark; if the record arrived in between, takes
+ * it. A mark the handshake never removes (tracepoint mode sees the accept
+ * after the socket is grafted, and then the handshake records nothing) goes
+ * when the socket is destroyed. */
+static __always_inline bool pending_mark(__u64 sk, struct pending *out)
+{
+	struct pending mark = {};
+
+	if (!bpf_map_update_elem(&aw_pending, &sk, &mark, BPF_NOEXIST))
+		return false;
+	return pending_take(sk, out);
 }
 
 static __always_inline bool port_watched(__u16 port)

@@ -75,6 +75,7 @@ type Tracer struct {
 	prev               map[[16]byte]acceptwatchAddrStats
 	prevPorts          map[uint16]acceptwatchPortStats
 	prevStats          [acceptwatchStatSTAT_MAX]uint64
+	prevMissed         uint64
 	counters           netstat // TcpExt at start
 	prevCounters       netstat
 }

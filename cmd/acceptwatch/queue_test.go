@@ -6,6 +6,8 @@ package main
 
 import (
 	"encoding/binary"
+	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/netip"
@@ -415,4 +417,58 @@ func dropSynAcks(t *testing.T, dst netip.Prefix) (detach func()) {
 	}
 	t.Skipf("needs XDP on lo to drop SYN-ACKs, which this kernel refuses: %v", err)
 	return nil
+}
+
+// TestAcceptRacesHandshake: clients on every CPU against a busy accept loop.
+// The child is queued just before it turns ESTABLISHED, so an acceptor on
+// another CPU can take it before the handshake hook runs; such a connection
+// was accepted and must never count as "not accepted" when it is destroyed.
+func TestAcceptRacesHandshake(t *testing.T) {
+	ln := listen(t)
+	p := start(t, "-port", strconv.Itoa(ln.port), "-o", "json", "-q")
+	const clients, each = 4, 250
+	errs := make(chan error, clients)
+	for i := 0; i < clients; i++ {
+		src := fmt.Sprintf("127.0.0.%d", 41+i)
+		go func() {
+			for j := 0; j < each; j++ {
+				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 10 * time.Second}
+				c, err := d.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(ln.port)))
+				if err != nil {
+					errs <- err
+					return
+				}
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				io.Copy(io.Discard, c)
+				c.Close()
+			}
+			errs <- nil
+		}()
+	}
+	for i := 0; i < clients; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ln.waitAccepted(t, clients*each)
+	time.Sleep(200 * time.Millisecond) // the server's closes reach tcp_destroy_sock
+	p.stop(os.Interrupt)
+
+	_, s := parseQueue(t, p.stdout.String())
+	if s.TotalAccepted != clients*each || s.TotalNotAccepted != 0 {
+		t.Errorf("accepted %d not_accepted %d, want %d, 0", s.TotalAccepted, s.TotalNotAccepted, clients*each)
+	}
+	// A handshake hook the kernel skipped (it interrupted the same program
+	// on that CPU) is a counted, shown shortfall, never a silent one.
+	if short := clients*each - int(s.TotalHandshakes); short != 0 {
+		missed := 0
+		for _, f := range s.Findings {
+			if n, ok := strings.CutSuffix(f, " hook runs skipped by the kernel (another BPF program was running on that CPU): counts may be short by as much"); ok {
+				missed, _ = strconv.Atoi(n)
+			}
+		}
+		if short < 0 || missed < short {
+			t.Errorf("handshakes %d of %d, skipped runs shown: %d (findings %q)", s.TotalHandshakes, clients*each, missed, s.Findings)
+		}
+	}
 }

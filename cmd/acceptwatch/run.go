@@ -272,6 +272,9 @@ func (l *loop) summary(final bool) (time.Time, error) {
 	if c.WaitsUnknown > 0 {
 		s.Findings = append(s.Findings, fmt.Sprintf("%d queue waits unknown: too many connections waiting at once", c.WaitsUnknown))
 	}
+	if c.MissedRuns > 0 {
+		s.Findings = append(s.Findings, fmt.Sprintf("%d hook runs skipped by the kernel (another BPF program was running on that CPU): counts may be short by as much", c.MissedRuns))
+	}
 	if c.PortsOverflow > 0 {
 		s.Findings = append(s.Findings, fmt.Sprintf("%d events not counted per port: too many listening ports", c.PortsOverflow))
 	}
