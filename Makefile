@@ -8,13 +8,14 @@
 CLANG ?= clang-14
 STRIP ?= llvm-strip-14
 # prometheus (server and promtool), systemd (systemd-analyze), zsh, debootstrap: packaging/ tests; tmux: the live table's.
-DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev qemu-system-x86 iproute2 prometheus systemd zsh debootstrap tmux
+DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev linux-libc-dev-arm64-cross qemu-system-x86 qemu-system-arm iproute2 prometheus systemd zsh debootstrap tmux
 
 build:
 	go build -buildvcs=true -ldflags "-X main.buildCommit=$$(git describe --always --dirty --abbrev=12 --exclude '*' 2>/dev/null)" -o acceptwatch ./cmd/acceptwatch
 
 test: deps check-generated
 	go vet ./...
+	GOARCH=arm64 go vet ./...
 	go test -count=1 ./...
 	$(MAKE) vmtest
 
@@ -31,10 +32,10 @@ check-generated: generate
 
 # Kernel matrix (vmtest/README.md). Packages holding kernel tests:
 VMTEST_PACKAGES ?= ./cmd/acceptwatch
-# Optional: KERNELS=6.1 MODES=fexit (comma-separated) to run a subset.
+# Optional: KERNELS=6.1 ARCHES=arm64 MODES=fexit (comma-separated) to run a subset.
 
 vmtest:
-	go run ./vmtest/cmd/matrix -packages "$(VMTEST_PACKAGES)" $(if $(KERNELS),-kernels "$(KERNELS)") $(if $(MODES),-modes "$(MODES)")
+	go run ./vmtest/cmd/matrix -packages "$(VMTEST_PACKAGES)" $(if $(KERNELS),-kernels "$(KERNELS)") $(if $(ARCHES),-arches "$(ARCHES)") $(if $(MODES),-modes "$(MODES)")
 
 # The Debian package (packaging/): a static binary, the systemd unit, the man
 # page and completions the binary generates from its own flags, examples.

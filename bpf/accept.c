@@ -198,12 +198,13 @@ static __always_inline void tp_accept(bool cast, struct trace_event_raw_sys_exit
 	if (fd < 0)
 		return;
 	struct task_struct *task = bpf_get_current_task_btf();
-	struct pt_regs___kernel *regs = (struct pt_regs___kernel *)bpf_task_pt_regs(task);
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	struct fdtable *fdt = task->files->fdt;
 	struct file **fds = fdt->fd;
 	unsigned int max_fds = fdt->max_fds;
 
-	handle_accept(cast, true, fd_sock(cast, fds, max_fds, fd), fd_sock(cast, fds, max_fds, regs->di));
+	handle_accept(cast, true, fd_sock(cast, fds, max_fds, fd),
+		      fd_sock(cast, fds, max_fds, SYSCALL_ARG1(regs)));
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept4")

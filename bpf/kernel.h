@@ -5,7 +5,6 @@
 #pragma once
 
 #include <linux/types.h>
-#include <asm/ptrace.h> /* struct pt_regs for kretprobe arguments */
 
 typedef _Bool bool;
 #define true 1
@@ -90,11 +89,29 @@ struct task_struct {
 	struct files_struct *files;
 };
 
-/* The kernel's x86-64 pt_regs (the ___kernel suffix keeps it apart from the
- * UAPI struct of the same name; CO-RE ignores it when matching). */
-struct pt_regs___kernel {
-	unsigned long di;
+/* Registers, per architecture (bpf2go -target defines __TARGET_ARCH_<arch>).
+ * bpf_tracing.h's kprobe macros (BPF_KPROBE, BPF_KRETPROBE) read arguments
+ * and return values from the registers declared here, and SYSCALL_ARG1(regs)
+ * is the first argument of the task's syscall, still right at its exit.
+ * A target without a block here does not build. */
+#if defined(__TARGET_ARCH_x86)
+/* As vmlinux.h does: bpf_tracing.h then uses the kernel's field names. */
+#define __VMLINUX_H__
+struct pt_regs {
+	unsigned long di, si, dx, cx, r8, r10, ax, bp, sp, ip;
 };
+/* The return value goes to ax; di keeps the first argument. */
+#define SYSCALL_ARG1(regs) ((regs)->di)
+#elif defined(__TARGET_ARCH_arm64)
+struct pt_regs {
+	__u64 orig_x0;
+};
+/* x0 takes the return value; the entry code keeps the first argument in
+ * orig_x0. */
+#define SYSCALL_ARG1(regs) ((regs)->orig_x0)
+#else
+#error "bpf/kernel.h: no register layout for this __TARGET_ARCH: add one here"
+#endif
 
 struct trace_entry {
 	unsigned short type;
@@ -114,3 +131,14 @@ struct trace_event_raw_sys_exit {
 };
 
 #pragma clang attribute pop
+
+#if defined(__TARGET_ARCH_arm64)
+/* What bpf_tracing.h reads kprobe registers as on arm64: the start of the
+ * kernel's pt_regs, fixed by the ABI (bpf_user_pt_regs_t). */
+struct user_pt_regs {
+	__u64 regs[31];
+	__u64 sp;
+	__u64 pc;
+	__u64 pstate;
+};
+#endif

@@ -34,7 +34,7 @@ func TestServiceBoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec, _ := vmtest.LookupKernel("6.1") // bookworm's kernel
+	spec, _ := vmtest.LookupKernel("amd64", "6.1") // bookworm's kernel
 	kernel, err := (&vmtest.Fetcher{Cache: cache, Log: os.Stderr}).Fetch(spec)
 	if err != nil {
 		t.Fatal(err)

@@ -312,6 +312,11 @@ func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache
 	switch mode {
 	case ModeFexit:
 		err = t.attach(link.AttachTracing(link.TracingOptions{Program: progs(0)}))
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			// The program loads, but the kernel has no BPF trampoline
+			// for its functions: arm64 before 6.4 (no ftrace direct calls).
+			err = fmt.Errorf("kernel cannot attach fexit programs to its functions: %w", err)
+		}
 	case ModeKretprobe:
 		if err = t.attach(link.Kprobe("inet_csk_accept", progs(0), nil)); err == nil {
 			err = t.attach(link.Kretprobe("inet_csk_accept", progs(1), nil))

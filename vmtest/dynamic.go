@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
 )
 
 // libDirs are where the guest's dynamic loader looks without an
@@ -22,9 +23,17 @@ func libDirs(m elf.Machine) []string {
 // iproute2, which the snapshot tests compare against) needs in the guest:
 // its loader (PT_INTERP) and every DT_NEEDED library, transitively, each at
 // its host path. It reads the ELF headers rather than running ldd, so it
-// also works for another architecture's binaries. A static ELF file, or a
-// file that is not ELF, needs nothing.
-func sharedLibs(p string) ([]FileMap, error) {
+// also works for another architecture's binaries, whose libraries are found
+// below sysroot (a Debian root extracted for that architecture; "" is the
+// host's /): a guest path P is then sysroot/P on the host. A static ELF
+// file, or a file that is not ELF, needs nothing.
+func sharedLibs(p, sysroot string) ([]FileMap, error) {
+	host := func(guest string) string {
+		if sysroot == "" {
+			return guest
+		}
+		return filepath.Join(sysroot, guest)
+	}
 	var out []FileMap
 	seen := map[string]bool{}
 	var walk func(file string, top bool) error
@@ -48,7 +57,7 @@ func sharedLibs(p string) ([]FileMap, error) {
 			interp := string(b[:len(b)-1]) // NUL-terminated
 			if !seen[interp] {
 				seen[interp] = true
-				out = append(out, FileMap{Host: interp, Guest: interp})
+				out = append(out, FileMap{Host: host(interp), Guest: interp})
 			}
 		}
 		needed, err := f.ImportedLibraries()
@@ -62,16 +71,16 @@ func sharedLibs(p string) ([]FileMap, error) {
 			seen[lib] = true
 			found := ""
 			for _, dir := range libDirs(f.Machine) {
-				if _, err := os.Stat(path.Join(dir, lib)); err == nil {
+				if _, err := os.Stat(host(path.Join(dir, lib))); err == nil {
 					found = path.Join(dir, lib)
 					break
 				}
 			}
 			if found == "" {
-				return fmt.Errorf("%s needs %s, found in none of %v", file, lib, libDirs(f.Machine))
+				return fmt.Errorf("%s needs %s, found in none of %v below %q", file, lib, libDirs(f.Machine), "/"+sysroot)
 			}
-			out = append(out, FileMap{Host: found, Guest: found})
-			if err := walk(found, false); err != nil {
+			out = append(out, FileMap{Host: host(found), Guest: found})
+			if err := walk(host(found), false); err != nil {
 				return err
 			}
 		}

@@ -15,28 +15,27 @@ import (
 func IsGuestInit() bool { return os.Getpid() == 1 }
 
 // GuestMain is /init inside the VM: it sets the system up, runs the
-// configured program with its output on /dev/ttyS1, prints the result line
+// configured program with its output on its own serial port, prints the result line
 // and powers off. It never returns. Any failure before the result line ends
 // in a kernel panic (init exited), which the host reports as a failure.
 func GuestMain() {
 	t0 := time.Now()
-	out, err := guestSetup()
+	var gc guestConfig
+	data, err := os.ReadFile(guestConfigPath)
+	if err == nil {
+		err = json.Unmarshal(data, &gc)
+	}
+	if err != nil || len(gc.Args) == 0 || gc.Out == "" {
+		fmt.Fprintf(os.Stderr, "vmtest init: bad %s: %v\n", guestConfigPath, err)
+		os.Exit(1) // init exits: kernel panic: the host sees no result line
+	}
+	out, err := guestSetup(gc.Out)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "vmtest init: %v\n", err)
 		if out != nil {
 			fmt.Fprintf(out, "vmtest init: %v\n", err)
 			drain(out)
 		}
-		os.Exit(1) // init exits: kernel panic: the host sees no result line
-	}
-	var gc guestConfig
-	data, err := os.ReadFile(guestConfigPath)
-	if err == nil {
-		err = json.Unmarshal(data, &gc)
-	}
-	if err != nil || len(gc.Args) == 0 {
-		fmt.Fprintf(out, "vmtest init: bad %s: %v\n", guestConfigPath, err)
-		drain(out)
 		os.Exit(1)
 	}
 	if os.Getenv("VMTEST_DEBUG") != "" || hasEnv(gc.Env, "VMTEST_DEBUG") {
@@ -127,7 +126,7 @@ func drain(f *os.File) {
 	unix.IoctlSetInt(int(f.Fd()), unix.TCSBRK, 1)
 }
 
-func guestSetup() (*os.File, error) {
+func guestSetup(outPath string) (*os.File, error) {
 	type mnt struct{ src, dst, fstype, data string }
 	mounts := []mnt{
 		{"proc", "/proc", "proc", ""},
@@ -150,12 +149,12 @@ func guestSetup() (*os.File, error) {
 	os.MkdirAll("/dev/shm", 0o1777)
 	unix.Mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777")
 
-	out, err := os.OpenFile("/dev/ttyS1", os.O_RDWR|unix.O_NOCTTY, 0)
+	out, err := os.OpenFile(outPath, os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open /dev/ttyS1 (second serial port): %w", err)
+		return nil, fmt.Errorf("open %s (the program's serial port): %w", outPath, err)
 	}
 	if err := makeRaw(int(out.Fd())); err != nil {
-		return out, fmt.Errorf("ttyS1: %w", err)
+		return out, fmt.Errorf("%s: %w", outPath, err)
 	}
 	if len(errs) > 0 {
 		return out, fmt.Errorf("%v", errs)

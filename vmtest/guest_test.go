@@ -2,11 +2,13 @@ package vmtest
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -113,7 +115,8 @@ func TestGuestLoopback(t *testing.T) {
 }
 
 // TestGuestBPF loads trivial programs and attaches them the ways acceptwatch
-// does: fexit, kretprobe and a tracepoint.
+// does: fexit, kretprobe and a tracepoint. arm64 kernels before 6.4 have no
+// BPF trampolines for kernel functions: there the fexit attach must fail.
 func TestGuestBPF(t *testing.T) {
 	guestOnly(t)
 	ret0 := asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
@@ -126,9 +129,18 @@ func TestGuestBPF(t *testing.T) {
 	defer fexit.Close()
 	t.Logf("fexit program loaded in %s (kernel BTF parsed)", time.Since(t0))
 	l, err := link.AttachTracing(link.TracingOptions{Program: fexit})
-	if err != nil {
+	var u unix.Utsname
+	unix.Uname(&u)
+	var major, minor int
+	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor)
+	if runtime.GOARCH == "arm64" && major*1000+minor < 6004 {
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			t.Errorf("fexit attach on arm64 %d.%d: %v, want not supported", major, minor, err)
+		}
+	} else if err != nil {
 		t.Errorf("fexit attach: %v", err)
-	} else {
+	}
+	if err == nil {
 		l.Close()
 	}
 	kp, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.Kprobe, Instructions: ret0, License: "GPL"})
@@ -248,15 +260,72 @@ func TestEnvAndFiles(t *testing.T) {
 	if _, err := ParseFiles("noguest"); err == nil {
 		t.Error("want error")
 	}
-	if err := checkStatic("/bin/sh"); err == nil {
-		t.Error("/bin/sh should be dynamic")
+	host := Arches[runtime.GOARCH]
+	if err := checkBinary("/bin/sh", host, false); err != nil {
+		t.Errorf("/bin/sh as an extra file: %v", err)
+	}
+	if err := checkBinary("/bin/sh", host, true); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+		t.Errorf("/bin/sh should be dynamic: %v", err)
+	}
+	self, _ := os.Executable()
+	other := Arches["arm64"]
+	if runtime.GOARCH == "arm64" {
+		other = Arches["amd64"]
+	}
+	if err := checkBinary(self, other, false); err == nil || !strings.Contains(err.Error(), "GOARCH="+other.Name) {
+		t.Errorf("a %s binary passed for a %s guest: %v", runtime.GOARCH, other.Name, err)
+	}
+}
+
+func TestKernelArchAndLookup(t *testing.T) {
+	if !hostOnly(t) {
+		return
+	}
+	dir := t.TempDir()
+	img := func(name string, at int, magic string) string {
+		b := make([]byte, 4096)
+		copy(b[at:], magic)
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, c := range []struct{ path, want, err string }{
+		{img("bzImage", 0x202, "HdrS"), "amd64", ""},
+		{img("Image", 0x38, "ARM\x64"), "arm64", ""},
+		{img("Image.gz", 0, "\x1f\x8b"), "", "gzip"},
+		{img("junk", 0, "junk"), "", "neither"},
+	} {
+		got, err := KernelArch(c.path)
+		if got != c.want || (c.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.err)) {
+			t.Errorf("KernelArch(%s) = %q, %v; want %q, error with %q", filepath.Base(c.path), got, err, c.want, c.err)
+		}
+	}
+	for _, c := range []struct{ arch, name, want string }{
+		{"amd64", "6.1", "6.1"},
+		{"amd64", "7", "7.x"},
+		{"amd64", "arm64/6.1", "arm64/6.1"},
+		{"arm64", "7.x", "arm64/7.x"},
+		{"arm64", "5.10", ""},
+		{"amd64", "4.19", ""},
+	} {
+		k, ok := LookupKernel(c.arch, c.name)
+		if got := k.String(); ok != (c.want != "") || (ok && got != c.want) {
+			t.Errorf("LookupKernel(%s, %s) = %s, %v; want %q", c.arch, c.name, got, ok, c.want)
+		}
+	}
+	for _, k := range Kernels {
+		if _, err := LookupArch(k.Arch); err != nil || k.Auto == "" || slices.Contains(k.Unsupported, k.Auto) {
+			t.Errorf("kernel %s: arch %v, auto %q, unsupported %v", k, err, k.Auto, k.Unsupported)
+		}
 	}
 }
 
 // TestSharedLibs: a dynamic program brings its loader and libraries,
 // transitively; a file that is not ELF brings nothing.
 func TestSharedLibs(t *testing.T) {
-	libs, err := sharedLibs("guest_test.go")
+	libs, err := sharedLibs("guest_test.go", "")
 	if err != nil || len(libs) != 0 {
 		t.Fatalf("not ELF: %v %v", libs, err)
 	}
@@ -264,9 +333,35 @@ func TestSharedLibs(t *testing.T) {
 	if err != nil {
 		t.Skip("needs ss (iproute2), a dynamically linked program")
 	}
-	libs, err = sharedLibs(ss)
+	libs, err = sharedLibs(ss, "")
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The same program and libraries below a sysroot (as for another
+	// architecture's): found there, put at their paths in the guest.
+	sysroot := t.TempDir()
+	for _, f := range append([]FileMap{{ss, "/usr/bin/ss"}}, libs...) {
+		dst := filepath.Join(sysroot, f.Guest)
+		b, err := os.ReadFile(f.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.MkdirAll(filepath.Dir(dst), 0o755)
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inRoot, err := sharedLibs(filepath.Join(sysroot, "usr/bin/ss"), sysroot)
+	if err != nil || len(inRoot) != len(libs) {
+		t.Fatalf("below a sysroot: %v, %v; want %d files", inRoot, err, len(libs))
+	}
+	for i, f := range inRoot {
+		if f.Guest != libs[i].Guest || f.Host != filepath.Join(sysroot, f.Guest) {
+			t.Errorf("below a sysroot: %+v, want guest %s at %s", f, libs[i].Guest, filepath.Join(sysroot, libs[i].Guest))
+		}
+	}
+	if _, err := sharedLibs(ss, t.TempDir()); err == nil {
+		t.Error("libraries found below an empty sysroot")
 	}
 	var names []string
 	for _, l := range libs {

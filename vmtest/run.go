@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -27,6 +26,7 @@ type guestConfig struct {
 	Args   []string // Args[0] is the guest path of the binary to run
 	Env    []string
 	Marker string // result line prefix, e.g. "VMTEST-EXIT-1a2b3c: "
+	Out    string // the program's serial port, e.g. /dev/ttyS1
 }
 
 const guestConfigPath = "/vmtest/config.json"
@@ -57,8 +57,8 @@ func ParseFiles(s string) ([]FileMap, error) {
 
 // RunConfig describes one VM run.
 type RunConfig struct {
-	Kernel    string        // vmlinuz / bzImage
-	Init      string        // static binary used as /init (a vmrun build)
+	Kernel    string        // vmlinuz / bzImage (x86) or Image (arm64): its header gives the guest's architecture
+	Init      string        // static binary used as /init (a vmrun build for the guest's architecture)
 	Binary    string        // host path of the program to run in the guest
 	Args      []string      // its arguments
 	Files     []FileMap     // extra files
@@ -69,29 +69,14 @@ type RunConfig struct {
 	Stderr    io.Writer     // harness messages
 	KernelLog string        // keep the kernel console log here (else a temp file, removed on success)
 	Cmdline   string        // extra kernel command line
-	QEMU      string        // default qemu-system-x86_64 or $VMTEST_QEMU
+	Sysroot   string        // where the libraries of Files built for another architecture are (their paths below it are the guest's)
+	QEMU      string        // default: the architecture's, or $VMTEST_QEMU
 	Memory    string        // default 1G
 	SMP       int           // default 2
 }
 
 // ExitUnknown is returned when the guest did not report an exit status.
 const ExitUnknown = 125
-
-// checkStatic reports an error if the ELF file at p needs a dynamic loader
-// (the test binary and /init run before any library could be found).
-func checkStatic(p string) error {
-	f, err := elf.Open(p)
-	if err != nil {
-		return nil // not ELF (script, data file): nothing to check
-	}
-	defer f.Close()
-	for _, prog := range f.Progs {
-		if prog.Type == elf.PT_INTERP {
-			return fmt.Errorf("%s is dynamically linked; the guest has no libc: build it with CGO_ENABLED=0", p)
-		}
-	}
-	return nil
-}
 
 func addHostFile(w *CPIOWriter, host, guest string) error {
 	f, err := os.Open(host)
@@ -170,11 +155,19 @@ func Run(ctx context.Context, cfg RunConfig) (int, error) {
 	if cfg.Stderr == nil {
 		cfg.Stderr = os.Stderr
 	}
+	if _, err := os.Stat(cfg.Kernel); err != nil {
+		return ExitUnknown, fmt.Errorf("kernel: %w", err)
+	}
+	archName, err := KernelArch(cfg.Kernel)
+	if err != nil {
+		return ExitUnknown, err
+	}
+	arch := Arches[archName]
 	if cfg.QEMU == "" {
 		cfg.QEMU = os.Getenv("VMTEST_QEMU")
 	}
 	if cfg.QEMU == "" {
-		cfg.QEMU = "qemu-system-x86_64"
+		cfg.QEMU = arch.QEMU
 	}
 	if cfg.Memory == "" {
 		cfg.Memory = "1G"
@@ -185,18 +178,19 @@ func Run(ctx context.Context, cfg RunConfig) (int, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Minute
 	}
-	if _, err := os.Stat(cfg.Kernel); err != nil {
-		return ExitUnknown, fmt.Errorf("kernel: %w", err)
-	}
 	for _, p := range []string{cfg.Init, cfg.Binary} {
-		if err := checkStatic(p); err != nil {
+		if err := checkBinary(p, arch, true); err != nil {
 			return ExitUnknown, err
 		}
 	}
-	// Extra files may be dynamic programs: their loader and libraries come along.
+	// Extra files may be dynamic programs: their loader and libraries come
+	// along (from cfg.Sysroot for another architecture's).
 	var libs []FileMap
 	for _, f := range cfg.Files {
-		l, err := sharedLibs(f.Host)
+		if err := checkBinary(f.Host, arch, false); err != nil {
+			return ExitUnknown, err
+		}
+		l, err := sharedLibs(f.Host, cfg.Sysroot)
 		if err != nil {
 			return ExitUnknown, err
 		}
@@ -214,6 +208,7 @@ func Run(ctx context.Context, cfg RunConfig) (int, error) {
 		Args:   append([]string{"/vmtest/bin/" + filepath.Base(cfg.Binary)}, cfg.Args...),
 		Env:    cfg.Env,
 		Marker: "VMTEST-EXIT-" + hex.EncodeToString(nonce[:]) + ": ",
+		Out:    arch.Out,
 	}
 
 	tmp, err := os.MkdirTemp("", "vmrun-")
@@ -242,21 +237,18 @@ func Run(ctx context.Context, cfg RunConfig) (int, error) {
 	if klog == "" {
 		klog = filepath.Join(tmp, "kernel.log")
 	}
-	cmdline := "console=ttyS0 panic=-1 oops=panic quiet"
+	cmdline := "console=" + arch.Console + " panic=-1 oops=panic quiet"
 	if cfg.Cmdline != "" {
 		cmdline += " " + cfg.Cmdline
 	}
 	args := []string{
-		// Single-threaded TCG: with one host thread per vCPU, a guest that
-		// patches kernel text (syscall tracepoints, text_poke_bp's int3)
-		// while the other vCPU runs it was seen to oops on 7.x and lock up
-		// on 6.1. The matrix runs two VMs at once, so no core idles.
-		"-machine", "q35", "-accel", "tcg,thread=single", "-cpu", "max", "-m", cfg.Memory, "-smp", strconv.Itoa(cfg.SMP),
+		"-m", cfg.Memory, "-smp", strconv.Itoa(cfg.SMP),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", cfg.Kernel, "-initrd", initrd, "-append", cmdline,
-		"-chardev", "file,id=klog,path=" + klog, "-serial", "chardev:klog", // ttyS0: kernel
-		"-chardev", "stdio,id=out,signal=off", "-serial", "chardev:out", // ttyS1: program
+		"-chardev", "file,id=klog,path=" + klog,
+		"-chardev", "stdio,id=out,signal=off",
 	}
+	args = append(args, arch.qemuArgs("klog", "out")...)
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, cfg.QEMU, args...)
@@ -326,7 +318,7 @@ func printTail(w io.Writer, p string, n int) {
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
-	fmt.Fprintf(w, "vmrun: last %d lines of the kernel log (ttyS0):\n", len(lines))
+	fmt.Fprintf(w, "vmrun: last %d lines of the kernel log:\n", len(lines))
 	for _, l := range lines {
 		fmt.Fprintf(w, "  | %s\n", l)
 	}

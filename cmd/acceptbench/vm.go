@@ -8,9 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/acceptwatch/acceptwatch/vmtest"
 )
 
 // tableMarker starts a table printed as JSON (-tables-json), so that the
@@ -37,12 +40,26 @@ func (b *bench) cpuVM() (*table, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	for _, name := range []string{"acceptbench", "acceptwatch", "vmrun"} {
-		cmd := exec.CommandContext(b.ctx, "go", "build", "-o", filepath.Join(dir, name), "github.com/acceptwatch/acceptwatch/cmd/"+name)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	// What runs in the guest is built for the kernel's architecture; vmrun
+	// runs here, and a guest of another architecture gets an own /init.
+	arch, err := vmtest.GuestArch(b.o.vmKernel)
+	if err != nil {
+		return nil, fmt.Errorf("cpu-vm: %w", err)
+	}
+	builds := []struct{ name, out, arch string }{
+		{"acceptbench", "acceptbench", arch}, {"acceptwatch", "acceptwatch", arch}, {"vmrun", "vmrun", runtime.GOARCH},
+	}
+	var initArgs []string
+	if arch != runtime.GOARCH {
+		builds = append(builds, struct{ name, out, arch string }{"vmrun", "vmrun-" + arch, arch})
+		initArgs = []string{"-init", filepath.Join(dir, "vmrun-"+arch)}
+	}
+	for _, bd := range builds {
+		cmd := exec.CommandContext(b.ctx, "go", "build", "-o", filepath.Join(dir, bd.out), "github.com/acceptwatch/acceptwatch/cmd/"+bd.name)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOARCH="+bd.arch)
 		cmd.Stdout, cmd.Stderr = b.log, b.log
 		if err := cmd.Run(); err != nil {
-			return nil, fmt.Errorf("building a static %s: %w", name, err)
+			return nil, fmt.Errorf("building a static %s for %s: %w", bd.name, bd.arch, err)
 		}
 	}
 	sum := &table{
@@ -55,11 +72,12 @@ func (b *bench) cpuVM() (*table, error) {
 		mode = strings.TrimSpace(mode)
 		b.logf("cpu-vm: --attach %s in QEMU (%s)", mode, b.o.vmKernel)
 		started := time.Now()
-		args := []string{"-kernel", b.o.vmKernel, filepath.Join(dir, "acceptbench"),
+		args := append([]string{"-kernel", b.o.vmKernel}, initArgs...)
+		args = append(args, filepath.Join(dir, "acceptbench"),
 			"-guest", "-tables-json", "-sections", "cpu", "-attach", mode,
 			"-acceptwatch", "/usr/local/bin/acceptwatch",
 			"-cpu-rounds", fmt.Sprint(b.o.vmRounds), "-cpu-round", b.o.cpuRound.String(),
-			"-clients", fmt.Sprint(b.o.clients), "-acceptors", fmt.Sprint(b.o.acceptors), "-sources", fmt.Sprint(b.o.sources)}
+			"-clients", fmt.Sprint(b.o.clients), "-acceptors", fmt.Sprint(b.o.acceptors), "-sources", fmt.Sprint(b.o.sources))
 		cmd := exec.CommandContext(b.ctx, filepath.Join(dir, "vmrun"), args...)
 		cmd.Env = append(os.Environ(), "VMTEST_FILES="+filepath.Join(dir, "acceptwatch")+":/usr/local/bin/acceptwatch",
 			"VMTEST_TIMEOUT=40m")

@@ -7,6 +7,7 @@ package main
 //	ACCEPTWATCH_BIN          the acceptwatch binary (else it is built here)
 //	ACCEPTWATCH_ATTACH       attach mode under test (default auto)
 //	ACCEPTWATCH_EXPECT_AUTO  the mode auto must pick on this kernel
+//	ACCEPTWATCH_EXPECT_UNSUPPORTED  modes this kernel cannot give (comma-separated)
 //	ACCEPTWATCH_NO_SKIP=1    a missing capability is a failure, not a skip
 
 import (
@@ -898,7 +899,8 @@ func waitFile(t *testing.T, path string) {
 }
 
 // TestAuto: -v explains the choice; where the expected mode is known (in the
-// kernel matrix) auto must pick it.
+// kernel matrix) auto must pick it, and forcing a mode the kernel cannot
+// give fails saying why.
 func TestAuto(t *testing.T) {
 	p := start(t, "-v", "--attach", "auto", "--duration", "1s", "-q")
 	p.stop(nil)
@@ -923,6 +925,48 @@ func TestAuto(t *testing.T) {
 	}
 	if want := os.Getenv("ACCEPTWATCH_EXPECT_AUTO"); want != "" && mode != want {
 		t.Errorf("auto picked %s, want %s", mode, want)
+	}
+	for _, m := range strings.FieldsFunc(os.Getenv("ACCEPTWATCH_EXPECT_UNSUPPORTED"), func(r rune) bool { return r == ',' }) {
+		t.Run("refuses-"+m, func(t *testing.T) { refusesMode(t, m, stderr) })
+	}
+}
+
+// refusesMode: forced to a mode the kernel lacks, acceptwatch exits 1 with
+// one line naming the mode and why, the reason auto's -v gave, and leaves
+// no program or map loaded.
+func refusesMode(t *testing.T, mode, autoStderr string) {
+	var reason string
+	for _, l := range strings.Split(autoStderr, "\n") {
+		if r, ok := strings.CutPrefix(l, "acceptwatch: attach mode "+mode+": failed: "); ok {
+			reason = r
+		}
+	}
+	if reason == "" {
+		t.Fatalf("auto's -v does not say why %s failed:\n%s", mode, autoStderr)
+	}
+	before := loadedIDs(t)
+	cmd := exec.Command(acceptwatchBin(t), "--attach", mode, "--duration", "1s", "-q")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Errorf("--attach %s: exit %v, want status 1; stderr: %s", mode, err, stderr.String())
+	}
+	s := stderr.String()
+	if !strings.HasPrefix(s, "acceptwatch: ") || strings.Count(s, "\n") != 1 || !strings.Contains(s, mode+": "+reason) {
+		t.Errorf("--attach %s: stderr %q, want one line with %q", mode, s, mode+": "+reason)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left := loadedIDs(t).minus(before)
+		if len(left.progs)+len(left.maps) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("--attach %s left programs %v, maps %v loaded", mode, left.progs, left.maps)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -3,14 +3,18 @@
 //
 //	CGO_ENABLED=0 go test -exec "go run github.com/acceptwatch/acceptwatch/cmd/vmrun -kernel /path/vmlinuz" ./cmd/acceptwatch
 //
-// The same binary is the guest's /init (it is re-executed as PID 1).
-// The program's output is copied to stdout and vmrun exits with its exit
-// code; a panic, crash or timeout is a failure with the tail of the kernel log.
+// The same binary is the guest's /init (it is re-executed as PID 1); for a
+// guest of another architecture (an arm64 kernel on an amd64 host), -init
+// names a vmrun built for it. The program's output is copied to stdout and
+// vmrun exits with its exit code; a panic, crash or timeout is a failure with
+// the tail of the kernel log.
 //
 // Environment: VMTEST_KERNEL (default for -kernel; a path or a matrix kernel
-// name such as 6.1, fetched into the cache), VMTEST_TIMEOUT (default for
-// -timeout), VMTEST_FILES (hostpath:guestpath,...), ACCEPTWATCH_* (passed to
-// the guest), VMTEST_ENV (K=V,... also passed), VMTEST_QEMU.
+// name such as 6.1 or arm64/6.1, fetched into the cache), VMTEST_INIT,
+// VMTEST_TIMEOUT (default for -timeout), VMTEST_FILES
+// (hostpath:guestpath,...), VMTEST_SYSROOT (where the libraries of files
+// built for another architecture are), ACCEPTWATCH_* (passed to the guest),
+// VMTEST_ENV (K=V,... also passed), VMTEST_QEMU.
 package main
 
 import (
@@ -20,7 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -36,7 +40,8 @@ func main() {
 
 func host() int {
 	fs := flag.NewFlagSet("vmrun", flag.ContinueOnError)
-	kernel := fs.String("kernel", os.Getenv("VMTEST_KERNEL"), "kernel image, or a matrix kernel name (5.10, 6.1, 6.12, 7.x) to fetch ($VMTEST_KERNEL)")
+	kernel := fs.String("kernel", os.Getenv("VMTEST_KERNEL"), "kernel image, or a matrix kernel name to fetch: 5.10, 6.1, 6.12, 7.x (amd64), arm64/6.1, arm64/7.x ($VMTEST_KERNEL)")
+	initBin := fs.String("init", os.Getenv("VMTEST_INIT"), "the guest's /init: a static vmrun built for the guest's architecture (default: this vmrun) ($VMTEST_INIT)")
 	defTimeout := 10 * time.Minute
 	if s := os.Getenv("VMTEST_TIMEOUT"); s != "" {
 		d, err := time.ParseDuration(s)
@@ -68,7 +73,7 @@ func host() int {
 		fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
 		return 2
 	}
-	self, err := os.Executable()
+	initPath, err := guestInit(*initBin, kpath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
 		return 2
@@ -87,7 +92,7 @@ func host() int {
 	defer stop()
 	code, err := vmtest.Run(ctx, vmtest.RunConfig{
 		Kernel:    kpath,
-		Init:      self,
+		Init:      initPath,
 		Binary:    bin,
 		Args:      fs.Args()[1:],
 		Files:     files,
@@ -96,23 +101,38 @@ func host() int {
 		Timeout:   *timeout,
 		KernelLog: *klog,
 		Cmdline:   *cmdline,
+		Sysroot:   os.Getenv("VMTEST_SYSROOT"),
 	})
 	_ = err // Run already reported it, with the kernel log
 	return code
 }
 
+// guestInit returns the guest's /init: the given binary, or this vmrun when
+// it is built for the kernel's architecture.
+func guestInit(given, kernel string) (string, error) {
+	if given != "" {
+		return filepath.Abs(given)
+	}
+	arch, err := vmtest.KernelArch(kernel)
+	if err != nil {
+		return "", err
+	}
+	if arch != runtime.GOARCH {
+		return "", fmt.Errorf("the kernel is %s and this vmrun %s: give a vmrun built for %s as -init (GOARCH=%s CGO_ENABLED=0 go build -o vmrun-%s ./cmd/vmrun)", arch, runtime.GOARCH, arch, arch, arch)
+	}
+	return os.Executable()
+}
+
 // resolveKernel accepts a file path or a matrix kernel name.
 func resolveKernel(k string) (string, error) {
-	if strings.ContainsRune(k, '/') {
-		return filepath.Abs(k)
-	}
 	if _, err := os.Stat(k); err == nil {
 		return filepath.Abs(k)
 	}
-	spec, ok := vmtest.LookupKernel(k)
-	if !ok {
-		return "", fmt.Errorf("kernel %q: no such file and not a matrix kernel name", k)
+	arch, err := vmtest.GuestArch(k)
+	if err != nil {
+		return "", err
 	}
+	spec, _ := vmtest.LookupKernel(arch, k)
 	cache, err := vmtest.CacheDir()
 	if err != nil {
 		return "", err

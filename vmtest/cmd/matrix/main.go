@@ -1,5 +1,6 @@
-// Command matrix runs the kernel tests on every kernel x attach mode, each
-// cell in its own VM (see vmtest/README.md). `make vmtest` calls it.
+// Command matrix runs the kernel tests on every kernel (amd64 and arm64) x
+// attach mode, each cell in its own VM (see vmtest/README.md). `make vmtest`
+// calls it.
 package main
 
 import (
@@ -13,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -48,10 +50,25 @@ type cell struct {
 	kernel   vmtest.Kernel
 	fetchOK  bool
 	mode     string
+	refused  bool // the kernel cannot give this mode: the cell checks that acceptwatch says so
 	modeless bool // also runs the tests that do not depend on the mode
 	pass     bool
 	secs     float64
 	note     string
+}
+
+// name is e.g. "arm64-6.1-fexit", for log files.
+func (c *cell) name() string {
+	return c.kernel.Spec.Arch + "-" + c.kernel.Spec.Name + "-" + c.mode
+}
+
+// guest holds what one architecture's cells boot: the /init (a vmrun built
+// for it), the test binaries and the files copied in.
+type guest struct {
+	init    string
+	tests   []string
+	files   string
+	sysroot string // of files built for another architecture than the host's
 }
 
 func main() { os.Exit(run()) }
@@ -59,9 +76,12 @@ func main() { os.Exit(run()) }
 func run() int {
 	var allKernels []string
 	for _, k := range vmtest.Kernels {
-		allKernels = append(allKernels, k.Name)
+		if !slices.Contains(allKernels, k.Name) {
+			allKernels = append(allKernels, k.Name)
+		}
 	}
-	kernelsF := flag.String("kernels", envOr("KERNELS", strings.Join(allKernels, ",")), "kernels ($KERNELS)")
+	kernelsF := flag.String("kernels", envOr("KERNELS", strings.Join(allKernels, ",")), "kernels ($KERNELS); each runs on every architecture that has it")
+	archesF := flag.String("arches", envOr("ARCHES", strings.Join(vmtest.ArchNames(), ",")), "guest architectures ($ARCHES)")
 	modesF := flag.String("modes", envOr("MODES", "fexit,kretprobe,tracepoint,auto"), "attach modes ($MODES)")
 	pkgsF := flag.String("packages", envOr("VMTEST_PACKAGES", "./cmd/acceptwatch"), "packages holding kernel tests ($VMTEST_PACKAGES)")
 	awF := flag.String("acceptwatch", envOr("VMTEST_ACCEPTWATCH", "./cmd/acceptwatch"), "package of the acceptwatch binary, copied to "+guestBin+" (\"none\" to skip)")
@@ -84,21 +104,47 @@ func run() int {
 		return 1
 	}
 	fetcher := &vmtest.Fetcher{Cache: cache, Refresh: *refresh, Log: os.Stderr}
-	var kernels []vmtest.Kernel
-	var fetchErrs []string
-	fetched := map[string]bool{}
+	var specs []vmtest.KernelSpec
+	arches := list(*archesF)
+	for _, a := range arches {
+		if _, err := vmtest.LookupArch(a); err != nil {
+			fmt.Fprintf(os.Stderr, "vmtest: %v\n", err)
+			return 2
+		}
+	}
 	for _, name := range list(*kernelsF) {
-		spec, ok := vmtest.LookupKernel(name)
-		if !ok {
+		found := false
+		for _, a := range vmtest.ArchNames() {
+			if spec, ok := vmtest.LookupKernel(a, name); ok {
+				found = true
+				if slices.Contains(arches, a) {
+					specs = append(specs, spec)
+				}
+			}
+		}
+		if !found {
 			fmt.Fprintf(os.Stderr, "vmtest: unknown kernel %q (have %s)\n", name, strings.Join(allKernels, ", "))
 			return 2
 		}
+	}
+	if len(specs) == 0 {
+		fmt.Fprintf(os.Stderr, "vmtest: no kernel %s for %s\n", *kernelsF, *archesF)
+		return 2
+	}
+	// Architecture by architecture, in the order of vmtest.Kernels.
+	slices.SortStableFunc(specs, func(a, b vmtest.KernelSpec) int {
+		return slices.Index(vmtest.ArchNames(), a.Arch) - slices.Index(vmtest.ArchNames(), b.Arch)
+	})
+	var kernels []vmtest.Kernel
+	var fetchErrs []string
+	fetched := map[string]bool{}
+	for _, spec := range specs {
 		t := time.Now()
 		_, cached := fetcher.Cached(spec)
 		k, err := fetcher.Fetch(spec)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "vmtest: FETCH FAILED: %v\n", err)
-			fetchErrs = append(fetchErrs, spec.Name)
+			fetchErrs = append(fetchErrs, spec.String())
 			kernels = append(kernels, vmtest.Kernel{Spec: spec})
 			continue
 		}
@@ -106,9 +152,9 @@ func run() int {
 		if cached && !*refresh {
 			how = "cached"
 		}
-		fmt.Fprintf(os.Stderr, "vmtest: kernel %-4s %s (%s) %s\n", spec.Name, k.Release, spec.Suite, how)
+		fmt.Fprintf(os.Stderr, "vmtest: kernel %-10s %s (%s) %s\n", spec, k.Release, spec.Suite, how)
 		kernels = append(kernels, k)
-		fetched[spec.Name] = true
+		fetched[spec.String()] = true
 	}
 	if *fetchOnly {
 		if len(fetchErrs) > 0 {
@@ -117,53 +163,72 @@ func run() int {
 		return 0
 	}
 
-	// 2. Build: vmrun (also the guest /init), acceptwatch, test binaries.
+	// 2. Build: vmrun, and for each guest architecture its /init (vmrun
+	// again), acceptwatch and the test binaries.
 	tmp, err := os.MkdirTemp("", "vmtest-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	build := func(args ...string) error {
+	build := func(goarch string, args ...string) error {
 		cmd := exec.CommandContext(ctx, "go", args...)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOARCH="+goarch)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		fmt.Fprintf(os.Stderr, "vmtest: go %s\n", strings.Join(args, " "))
+		fmt.Fprintf(os.Stderr, "vmtest: GOARCH=%s go %s\n", goarch, strings.Join(args, " "))
 		return cmd.Run()
 	}
 	vmrun := filepath.Join(tmp, "vmrun")
-	if err := build("build", "-o", vmrun, "./cmd/vmrun"); err != nil {
+	if err := build(runtime.GOARCH, "build", "-o", vmrun, "./cmd/vmrun"); err != nil {
 		fmt.Fprintf(os.Stderr, "vmtest: building vmrun: %v\n", err)
 		return 1
 	}
-	var files string
-	if *awF != "none" && *awF != "" {
-		aw := filepath.Join(tmp, "acceptwatch")
-		if err := build("build", "-o", aw, *awF); err != nil {
-			fmt.Fprintf(os.Stderr, "vmtest: building acceptwatch: %v\n", err)
-			return 1
+	guests := map[string]*guest{}
+	for _, k := range kernels {
+		a := k.Spec.Arch
+		if guests[a] != nil || !fetched[k.Spec.String()] {
+			continue
 		}
-		files = aw + ":" + guestBin
-	}
-	// ss (iproute2, dynamically linked: vmrun brings its libraries): the
-	// snapshot tests compare their counts with it.
-	if ss, err := exec.LookPath("ss"); err == nil {
-		files = strings.TrimPrefix(files+","+ss+":/usr/bin/ss", ",")
-	} else {
-		fmt.Fprintf(os.Stderr, "vmtest: no ss on this machine (install iproute2): the snapshot tests will fail in the VMs\n")
-	}
-	var tests []string
-	for i, pkg := range list(*pkgsF) {
-		out := filepath.Join(tmp, fmt.Sprintf("%d-%s.test", i, filepath.Base(pkg)))
-		if err := build("test", "-c", "-o", out, pkg); err != nil {
-			fmt.Fprintf(os.Stderr, "vmtest: building tests of %s: %v\n", pkg, err)
-			return 1
+		g := &guest{init: vmrun}
+		dir := filepath.Join(tmp, a)
+		os.MkdirAll(dir, 0o755)
+		if a != runtime.GOARCH {
+			g.init = filepath.Join(dir, "vmrun")
+			if err := build(a, "build", "-o", g.init, "./cmd/vmrun"); err != nil {
+				fmt.Fprintf(os.Stderr, "vmtest: building vmrun for %s: %v\n", a, err)
+				return 1
+			}
 		}
-		if _, err := os.Stat(out); err != nil {
-			fmt.Fprintf(os.Stderr, "vmtest: %s has no test binary (no test files?)\n", pkg)
-			return 1
+		if *awF != "none" && *awF != "" {
+			aw := filepath.Join(dir, "acceptwatch")
+			if err := build(a, "build", "-o", aw, *awF); err != nil {
+				fmt.Fprintf(os.Stderr, "vmtest: building acceptwatch for %s: %v\n", a, err)
+				return 1
+			}
+			g.files = aw + ":" + guestBin
 		}
-		tests = append(tests, out)
+		// ss (iproute2, dynamically linked: vmrun brings its libraries):
+		// the snapshot tests compare their counts with it.
+		ss, sysroot, err := guestSS(fetcher, a)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "vmtest: %v: the snapshot tests will fail in the %s VMs\n", err, a)
+		} else {
+			g.files = strings.TrimPrefix(g.files+","+ss+":/usr/bin/ss", ",")
+			g.sysroot = sysroot
+		}
+		for i, pkg := range list(*pkgsF) {
+			out := filepath.Join(dir, fmt.Sprintf("%d-%s.test", i, filepath.Base(pkg)))
+			if err := build(a, "test", "-c", "-o", out, pkg); err != nil {
+				fmt.Fprintf(os.Stderr, "vmtest: building tests of %s for %s: %v\n", pkg, a, err)
+				return 1
+			}
+			if _, err := os.Stat(out); err != nil {
+				fmt.Fprintf(os.Stderr, "vmtest: %s has no test binary (no test files?)\n", pkg)
+				return 1
+			}
+			g.tests = append(g.tests, out)
+		}
+		guests[a] = g
 	}
 
 	// 3. Cells.
@@ -180,7 +245,8 @@ func run() int {
 	var cells []*cell
 	for _, k := range kernels {
 		for _, m := range modes {
-			cells = append(cells, &cell{kernel: k, fetchOK: fetched[k.Spec.Name], mode: m, modeless: m == modeless})
+			cells = append(cells, &cell{kernel: k, fetchOK: fetched[k.Spec.String()], mode: m,
+				refused: slices.Contains(k.Spec.Unsupported, m), modeless: m == modeless})
 		}
 	}
 	var mu sync.Mutex // serialises output
@@ -196,11 +262,24 @@ func run() int {
 					c.note = "interrupted"
 					continue
 				}
-				runCell(ctx, c, vmrun, tests, files, *timeout, *parallel == 1, &mu, logDir)
+				runCell(ctx, c, vmrun, guests[c.kernel.Spec.Arch], *timeout, *parallel == 1, &mu, logDir)
 			}
 		}()
 	}
-	for _, c := range cells {
+	// Longest first: the cells that also run the mode-independent tests,
+	// then the others, then the short refused-mode ones to fill the tail.
+	queue := slices.Clone(cells)
+	weight := func(c *cell) int {
+		switch {
+		case c.refused:
+			return 2
+		case c.modeless:
+			return 0
+		}
+		return 1
+	}
+	slices.SortStableFunc(queue, func(a, b *cell) int { return weight(a) - weight(b) })
+	for _, c := range queue {
 		if !c.fetchOK {
 			c.note = "kernel not fetched"
 			continue
@@ -213,22 +292,25 @@ func run() int {
 	// 4. Table.
 	passed, failed := 0, 0
 	var tb strings.Builder
-	fmt.Fprintf(&tb, "\n%-34s", "kernel")
+	fmt.Fprintf(&tb, "\n%-40s", "kernel")
 	for _, m := range modes {
 		fmt.Fprintf(&tb, " %-16s", m)
 	}
 	tb.WriteString("\n")
 	for i, k := range kernels {
-		label := k.Spec.Name + " (" + k.Release + ")"
-		if !fetched[k.Spec.Name] {
-			label = k.Spec.Name + " (FETCH FAILED)"
+		label := k.Spec.Arch + " " + k.Spec.Name + " (" + k.Release + ")"
+		if !fetched[k.Spec.String()] {
+			label = k.Spec.Arch + " " + k.Spec.Name + " (FETCH FAILED)"
 		}
-		fmt.Fprintf(&tb, "%-34s", label)
+		fmt.Fprintf(&tb, "%-40s", label)
 		for j := range modes {
 			c := cells[i*len(modes)+j]
 			s := fmt.Sprintf("FAIL %.0fs", c.secs)
 			if c.pass {
 				s = fmt.Sprintf("PASS %.0fs", c.secs)
+				if c.refused {
+					s = fmt.Sprintf("REFUSED %.0fs", c.secs)
+				}
 				passed++
 			} else {
 				failed++
@@ -241,8 +323,14 @@ func run() int {
 		tb.WriteString("\n")
 	}
 	for _, c := range cells {
+		if c.refused {
+			tb.WriteString("REFUSED: the kernel cannot give the mode; the cell passes when acceptwatch, forced to it, fails saying why, and auto picks the mode expected\n")
+			break
+		}
+	}
+	for _, c := range cells {
 		if !c.pass && c.note != "" && c.fetchOK {
-			fmt.Fprintf(&tb, "FAIL %s %s: %s\n", c.kernel.Spec.Name, c.mode, c.note)
+			fmt.Fprintf(&tb, "FAIL %s %s: %s\n", c.kernel.Spec, c.mode, c.note)
 		}
 	}
 	fmt.Fprintf(&tb, "matrix wall time %s, logs in %s\n", time.Since(start).Round(time.Second), logDir)
@@ -263,49 +351,59 @@ const hostOnlyTests = `^TestTopTmux`
 var skipRe = regexp.MustCompile(`(?m)^\s*--- SKIP`)
 var passRe = regexp.MustCompile(`(?m)^\s*--- PASS`)
 
-func runCell(ctx context.Context, c *cell, vmrun string, tests []string, files string, timeout time.Duration, stream bool, mu *sync.Mutex, logDir string) {
+func runCell(ctx context.Context, c *cell, vmrun string, g *guest, timeout time.Duration, stream bool, mu *sync.Mutex, logDir string) {
 	t0 := time.Now()
 	defer func() { c.secs = time.Since(t0).Seconds() }()
 	c.pass = true
-	logPath := filepath.Join(logDir, fmt.Sprintf("%s-%s.log", c.kernel.Spec.Name, c.mode))
-	logf, _ := os.Create(logPath)
+	logf, _ := os.Create(filepath.Join(logDir, c.name()+".log"))
 	defer logf.Close()
-	for _, tb := range tests {
+	for _, tb := range g.tests {
 		var buf bytes.Buffer
-		header := fmt.Sprintf("=== vmtest kernel %s (%s) mode %s: %s\n", c.kernel.Spec.Name, c.kernel.Release, c.mode, filepath.Base(tb))
+		header := fmt.Sprintf("=== vmtest kernel %s (%s) mode %s: %s\n", c.kernel.Spec, c.kernel.Release, c.mode, filepath.Base(tb))
 		var w io.Writer = &buf
 		if !stream {
-			fmt.Fprintf(os.Stderr, "vmtest: started kernel %s mode %s: %s (output when done)\n", c.kernel.Spec.Name, c.mode, filepath.Base(tb))
+			fmt.Fprintf(os.Stderr, "vmtest: started kernel %s mode %s: %s (output when done)\n", c.kernel.Spec, c.mode, filepath.Base(tb))
 		}
 		if stream {
 			mu.Lock()
 			os.Stdout.WriteString(header)
 			w = io.MultiWriter(&buf, os.Stdout)
 		}
-		args := []string{"-kernel", c.kernel.Vmlinuz, "-timeout", timeout.String(),
-			"-kernel-log", filepath.Join(logDir, fmt.Sprintf("%s-%s.kernel.log", c.kernel.Spec.Name, c.mode)),
+		args := []string{"-kernel", c.kernel.Vmlinuz, "-init", g.init, "-timeout", timeout.String(),
+			"-kernel-log", filepath.Join(logDir, c.name()+".kernel.log"),
 			tb, "-test.v"}
 		if timeout > time.Minute {
 			// A hang inside the tests then ends with goroutine dumps
 			// rather than a killed VM.
 			args = append(args, "-test.timeout", (timeout - 30*time.Second).String())
 		}
-		skip := hostOnlyTests
-		if !c.modeless {
-			skip += "|" + modeIndependent
+		attach, expectUnsupported := c.mode, ""
+		if c.refused {
+			// TestAuto forces the mode, checks the refusal and that
+			// auto says why it passed it over.
+			attach, expectUnsupported = "auto", c.mode
+			args = append(args, "-test.run", "^TestAuto$")
+		} else {
+			skip := hostOnlyTests
+			if !c.modeless {
+				skip += "|" + modeIndependent
+			}
+			args = append(args, "-test.skip", skip)
+			args = append(args, strings.Fields(os.Getenv("VMTEST_TESTFLAGS"))...)
 		}
-		args = append(args, "-test.skip", skip)
-		args = append(args, strings.Fields(os.Getenv("VMTEST_TESTFLAGS"))...)
+		env := []string{
+			"VMTEST_FILES=" + g.files,
+			"VMTEST_SYSROOT=" + g.sysroot,
+			"ACCEPTWATCH_BIN=" + guestBin,
+			"ACCEPTWATCH_ATTACH=" + attach,
+			"ACCEPTWATCH_EXPECT_AUTO=" + c.kernel.Spec.Auto,
+			"ACCEPTWATCH_EXPECT_UNSUPPORTED=" + expectUnsupported,
+			"ACCEPTWATCH_NO_SKIP=1",
+		}
 		cmd := exec.CommandContext(ctx, vmrun, args...)
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) } // vmrun stops QEMU
 		cmd.WaitDelay = 10 * time.Second
-		cmd.Env = append(os.Environ(),
-			"VMTEST_FILES="+files,
-			"ACCEPTWATCH_BIN="+guestBin,
-			"ACCEPTWATCH_ATTACH="+c.mode,
-			"ACCEPTWATCH_EXPECT_AUTO=fexit",
-			"ACCEPTWATCH_NO_SKIP=1",
-		)
+		cmd.Env = append(os.Environ(), env...)
 		cmd.Stdout, cmd.Stderr = w, w
 		err := cmd.Run()
 		var notes []string
@@ -324,7 +422,7 @@ func runCell(ctx context.Context, c *cell, vmrun string, tests []string, files s
 			c.note = strings.Join(notes, "; ")
 			result = "FAIL: " + c.note
 		}
-		footer := fmt.Sprintf("=== vmtest kernel %s mode %s: %s (%.1fs)\n", c.kernel.Spec.Name, c.mode, result, time.Since(t0).Seconds())
+		footer := fmt.Sprintf("=== vmtest kernel %s mode %s: %s (%.1fs)\n", c.kernel.Spec, c.mode, result, time.Since(t0).Seconds())
 		if logf != nil {
 			logf.WriteString(header)
 			logf.Write(buf.Bytes())
@@ -341,6 +439,24 @@ func runCell(ctx context.Context, c *cell, vmrun string, tests []string, files s
 			mu.Unlock()
 		}
 	}
+}
+
+// guestSS returns an ss for the guest: the host's when the guest has the
+// host's architecture, else iproute2's from Debian for it, with the
+// sysroot its libraries come from.
+func guestSS(f *vmtest.Fetcher, arch string) (ss, sysroot string, err error) {
+	if arch == runtime.GOARCH {
+		ss, err := exec.LookPath("ss")
+		if err != nil {
+			return "", "", fmt.Errorf("no ss on this machine (install iproute2)")
+		}
+		return ss, "", nil
+	}
+	sysroot, err = f.Sysroot(arch, "iproute2")
+	if err != nil {
+		return "", "", err
+	}
+	return filepath.Join(sysroot, "bin/ss"), sysroot, nil
 }
 
 func mustDur(s string) time.Duration {
