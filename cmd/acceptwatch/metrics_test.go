@@ -359,8 +359,9 @@ func vmGuest() bool { return os.Getenv("VMTEST_GUEST") == "1" }
 // scrape and every map a quarter full drains one). Memory stays bounded, every
 // eviction is counted, and the counts stay exact:
 //
-//	per port: accepts = connections made
-//	per address: tracked + evicted + overflow accepts = connections made
+//	per port: accepts = connections accepted (less at most the program
+//	runs the kernel reports skipped)
+//	per address: tracked + evicted + overflow accepts = the port's accepts
 func TestMetricsLongRun(t *testing.T) {
 	requireRoot(t)
 	// The map is swapped when a quarter full, checked every 10 ms; a swap
@@ -446,8 +447,18 @@ func TestMetricsLongRun(t *testing.T) {
 
 	last := scrape(t, url, false)
 	port := strconv.Itoa(srv.port)
-	if got := value(last, "acceptwatch_accepts_total", "port", port); got != float64(accepted) {
-		t.Errorf("accepts on the port: %v, want %d (the server's)", got, accepted)
+	// The kernel skips a program's run when a BPF program is already active
+	// on that CPU (kprobe and perf-event programs share one per-CPU guard;
+	// 7.x kretprobe cells lost 1-2 of 8,001 accepts here): the counts are
+	// short by at most the runs it reports skipped, never silently.
+	missed := value(last, "acceptwatch_hook_runs_missed_total")
+	if missed < 0 {
+		t.Errorf("no acceptwatch_hook_runs_missed_total")
+		missed = 0
+	}
+	portAccepts := value(last, "acceptwatch_accepts_total", "port", port)
+	if portAccepts > float64(accepted) || portAccepts < float64(accepted)-missed {
+		t.Errorf("accepts on the port: %v, want %d (the server's) less at most the %v runs the kernel skipped", portAccepts, accepted, missed)
 	}
 	var tracked float64
 	for _, m := range last["acceptwatch_address_accepts_total"].GetMetric() {
@@ -458,8 +469,9 @@ func TestMetricsLongRun(t *testing.T) {
 	if overflow != 0 && !vmGuest() {
 		t.Errorf("the address map filled up: %v accepts not attributed", overflow)
 	}
-	if tracked+evicted+overflow != float64(accepted) {
-		t.Errorf("tracked %v + evicted %v + overflow %v accepts = %v, want %d", tracked, evicted, overflow, tracked+evicted+overflow, accepted)
+	// Counted in the same program run as the port's: equal, exactly.
+	if tracked+evicted+overflow != portAccepts {
+		t.Errorf("tracked %v + evicted %v + overflow %v accepts = %v, want the port's %v", tracked, evicted, overflow, tracked+evicted+overflow, portAccepts)
 	}
 	rot := value(last, "acceptwatch_address_map_rotations_total")
 	evictions := value(last, "acceptwatch_address_evictions_total")
@@ -469,8 +481,8 @@ func TestMetricsLongRun(t *testing.T) {
 	}
 	kmem1 := mapMemlock(t, pid)
 	heap1 := value(last, "go_memstats_heap_inuse_bytes")
-	t.Logf("%d connections from distinct addresses in %v, map of %d: %v rotations, %v evictions, %v overflow; kernel map memory %d -> %d bytes; heap in use %.1f -> %.1f -> %.1f MiB",
-		conns, time.Since(began).Round(time.Millisecond), mapSize, rot, evictions, overflow, kmem0, kmem1, heap0/(1<<20), heapMid/(1<<20), heap1/(1<<20))
+	t.Logf("%d connections from distinct addresses in %v, map of %d: %v rotations, %v evictions, %v overflow, %v runs skipped by the kernel, %v of %d accepts counted; kernel map memory %d -> %d bytes; heap in use %.1f -> %.1f -> %.1f MiB",
+		conns, time.Since(began).Round(time.Millisecond), mapSize, rot, evictions, overflow, missed, portAccepts, accepted, kmem0, kmem1, heap0/(1<<20), heapMid/(1<<20), heap1/(1<<20))
 	if kmem1 != kmem0 {
 		t.Errorf("kernel map memory moved: %d -> %d bytes", kmem0, kmem1)
 	}
