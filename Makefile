@@ -2,12 +2,13 @@
 # the tests need (apt), checks the generated BPF objects, runs the host tests
 # and the kernel matrix in QEMU.
 
-.PHONY: build test unit e2e deps generate check-generated vmtest bench
+.PHONY: build test unit e2e deps generate check-generated vmtest bench deb
 
 # The pinned BPF toolchain; `make generate` output is committed.
 CLANG ?= clang-14
 STRIP ?= llvm-strip-14
-DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev linux-libc-dev-arm64-cross qemu-system-x86 qemu-system-arm iproute2
+# prometheus (server and promtool), systemd (systemd-analyze), zsh, debootstrap: packaging/ tests.
+DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev linux-libc-dev-arm64-cross qemu-system-x86 qemu-system-arm iproute2 prometheus systemd zsh debootstrap
 
 build:
 	go build -buildvcs=true -ldflags "-X main.buildCommit=$$(git describe --always --dirty --abbrev=12 --exclude '*' 2>/dev/null)" -o acceptwatch ./cmd/acceptwatch
@@ -35,6 +36,21 @@ VMTEST_PACKAGES ?= ./cmd/acceptwatch
 
 vmtest:
 	go run ./vmtest/cmd/matrix -packages "$(VMTEST_PACKAGES)" $(if $(KERNELS),-kernels "$(KERNELS)") $(if $(ARCHES),-arches "$(ARCHES)") $(if $(MODES),-modes "$(MODES)")
+
+# The Debian package (packaging/): a static binary, the systemd unit, the man
+# page and completions the binary generates from its own flags, examples.
+# nfpm builds it (packaging/mkdeb, a module of its own). Output in DEB_OUT.
+DEB_OUT ?= build
+DEB_VERSION ?= 0.1.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0)
+deb:
+	@mkdir -p $(DEB_OUT)/deb
+	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.buildCommit=$$(git describe --always --dirty --abbrev=12 --exclude '*' 2>/dev/null)" -o $(DEB_OUT)/deb/acceptwatch ./cmd/acceptwatch
+	$(DEB_OUT)/deb/acceptwatch --man | gzip -9n > $(DEB_OUT)/deb/acceptwatch.8.gz
+	$(DEB_OUT)/deb/acceptwatch --completion bash > $(DEB_OUT)/deb/acceptwatch.bash
+	$(DEB_OUT)/deb/acceptwatch --completion zsh > $(DEB_OUT)/deb/_acceptwatch
+	cd packaging/mkdeb && go run . -version '$(DEB_VERSION)' -binary $(abspath $(DEB_OUT))/deb/acceptwatch \
+		-generated $(abspath $(DEB_OUT))/deb -packaging .. -o $(abspath $(DEB_OUT))/acceptwatch_$(DEB_VERSION)_amd64.deb
+	@echo $(DEB_OUT)/acceptwatch_$(DEB_VERSION)_amd64.deb
 
 # Benchmark (cmd/acceptbench, needs root): start-up, added CPU per connection
 # against nothing traced and a bpftrace script (also inside QEMU for the fexit

@@ -10,6 +10,8 @@ char LICENSE[] SEC("license") = "GPL";
 /* Keep the shared types in BTF so that bpf2go generates their Go mirrors. */
 const struct event *unused_event __attribute__((unused));
 const struct port_stats *unused_port_stats __attribute__((unused));
+const struct addr_key *unused_addr_key __attribute__((unused));
+const struct addr_stats *unused_addr_stats __attribute__((unused));
 const enum stat *unused_stat __attribute__((unused));
 const enum event_kind *unused_event_kind __attribute__((unused));
 const enum event_flags *unused_event_flags __attribute__((unused));

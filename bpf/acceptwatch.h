@@ -78,18 +78,27 @@ struct addr_stats {
 	__u32 wait_hist[ADDR_WAIT_BUCKETS];
 };
 
-/* Per listening port, per CPU: 2,112 bytes a CPU, allocated for a port when
- * it is first seen (the map is not preallocated). */
+/* Per listening port, per CPU (fields are summed in user space): 2,152 bytes
+ * a CPU, allocated for a port when it is first seen (the map is not
+ * preallocated). */
 struct port_stats {
 	__u64 accepted;
+	__u64 handshakes;
 	__u64 not_accepted;
+	__u64 gone;
 	__u64 synack_retrans;
 	__u64 syns;
 	__u64 drops; /* final ACKs dropped: accept queue full */
 	__u64 wait_max_ns;
 	__u64 wait_min_ns; /* 0 until a wait is known (at least 1 after) */
+	__u64 wait_sum_ns;
 	__u32 backlog_max; /* most connections queued at one accept */
 	__u32 backlog_limit;
+	/* The queue's maximum per backlog_epoch (user space ends an epoch at
+	 * each metrics scrape): two slots, so the closing epoch's is read while
+	 * the next one fills the other; a slot is reset when its epoch changes. */
+	__u32 bl_epoch[2];
+	__u32 bl_max[2];
 	__u32 wait_hist[PORT_WAIT_BUCKETS];
 };
 
@@ -108,5 +117,6 @@ enum stat {
 	STAT_OVERFLOW_OTHER = 3,    /* address map full: queue-side counts */
 	STAT_PENDING_FULL = 4,      /* pending table full: a queue wait unknown */
 	STAT_PORTS_FULL = 5,        /* port table full */
-	STAT_MAX = 6,
+	STAT_ADDR_NEW = 6,          /* addresses added to the address map */
+	STAT_MAX = 7,
 };

@@ -17,9 +17,12 @@ const volatile __u8 target_family = 0;    /* 0, 4 or 6 */
 const volatile bool filter_ports = false; /* false: every port */
 const volatile bool emit_events = true;   /* false: counters only (--quiet) */
 const volatile __u64 wakeup_bytes = 0;    /* wake the reader once this much is queued */
+const volatile bool count_addrs = true;   /* false: per-port counters only (metrics without top addresses) */
 
 /* Bumped by user space at each --interval boundary. */
 volatile __u32 window_id = 0;
+/* Bumped by user space at each metrics scrape: see port_stats.bl_epoch. */
+volatile __u32 backlog_epoch = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -36,12 +39,25 @@ struct {
 
 /* Exact counts per remote address; max_entries is --max-addresses. A plain
  * hash, not LRU: a full map must count its overflow, never evict silently. */
-struct {
+struct addr_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct addr_key);
 	__type(value, struct addr_stats);
-} aw_addrs SEC(".maps");
+};
+
+/* The address map in use, in slot 0. User space creates the maps: one for
+ * the console, two for long runs, where it swaps in the empty one and drains
+ * the other. Replacing a slot of a map-in-map returns only once every
+ * program that may still hold the old map has finished (the kernel waits for
+ * an RCU grace period), so a drained map takes no more updates: no count is
+ * lost between the two. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct addr_map);
+} aw_addr_slot SEC(".maps");
 
 /* Per listening port, per CPU: every accept updates its port's counters, and
  * one shared copy would bounce between the CPUs' caches. Not preallocated:
@@ -224,7 +240,12 @@ struct delta {
 
 static __always_inline struct addr_stats *addr_entry(struct addr_key *key, __u64 now)
 {
-	struct addr_stats *st = bpf_map_lookup_elem(&aw_addrs, key);
+	__u32 slot = 0;
+	void *addrs = bpf_map_lookup_elem(&aw_addr_slot, &slot);
+
+	if (!addrs)
+		return NULL;
+	struct addr_stats *st = bpf_map_lookup_elem(addrs, key);
 
 	if (st)
 		return st;
@@ -236,13 +257,16 @@ static __always_inline struct addr_stats *addr_entry(struct addr_key *key, __u64
 		.wait_min_ns = ~0ULL,
 	};
 	/* NOEXIST: another CPU may have inserted it first; then use theirs. */
-	bpf_map_update_elem(&aw_addrs, key, &init, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&aw_addrs, key);
+	if (!bpf_map_update_elem(addrs, key, &init, BPF_NOEXIST))
+		stat_inc(STAT_ADDR_NEW);
+	return bpf_map_lookup_elem(addrs, key);
 }
 
 /* now is the caller's bpf_ktime_get_ns(): one clock read per event. */
 static __always_inline void count_addr(struct addr_key *key, struct delta *d, __u64 now)
 {
+	if (!count_addrs)
+		return;
 	struct addr_stats *st = addr_entry(key, now);
 
 	if (!st) {
@@ -298,8 +322,12 @@ static __always_inline void count_port(__u16 lport, struct delta *d)
 	}
 	if (d->accepted)
 		__sync_fetch_and_add(&ps->accepted, 1);
+	if (d->handshake)
+		__sync_fetch_and_add(&ps->handshakes, 1);
 	if (d->not_accepted)
 		__sync_fetch_and_add(&ps->not_accepted, 1);
+	if (d->gone)
+		__sync_fetch_and_add(&ps->gone, 1);
 	if (d->synack)
 		__sync_fetch_and_add(&ps->synack_retrans, 1);
 	if (d->syn)
@@ -310,14 +338,24 @@ static __always_inline void count_port(__u16 lport, struct delta *d)
 		__u32 b = port_wait_bucket(d->wait_ns) & (PORT_WAIT_BUCKETS - 1);
 
 		__sync_fetch_and_add(&ps->wait_hist[b], 1);
+		__sync_fetch_and_add(&ps->wait_sum_ns, d->wait_ns);
 		max_u64(&ps->wait_max_ns, d->wait_ns);
 		/* 0 is unset here: a new entry's other CPUs' copies are zeroed. */
 		if (!ps->wait_min_ns || d->wait_ns < ps->wait_min_ns)
 			ps->wait_min_ns = d->wait_ns ? d->wait_ns : 1;
 	}
 	if (d->has_backlog) {
+		__u32 epoch = backlog_epoch;
+		__u32 s = epoch & 1;
+
 		if (d->backlog > ps->backlog_max)
 			ps->backlog_max = d->backlog;
 		ps->backlog_limit = d->backlog_limit;
+		if (ps->bl_epoch[s] != epoch) {
+			ps->bl_epoch[s] = epoch;
+			ps->bl_max[s] = 0;
+		}
+		if (d->backlog > ps->bl_max[s])
+			ps->bl_max[s] = d->backlog;
 	}
 }

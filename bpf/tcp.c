@@ -25,6 +25,7 @@ int BPF_PROG(aw_handshake, struct sock *sk, int oldstate, int newstate)
 	__u64 now = bpf_ktime_get_ns();
 
 	count_addr(&key, &d, now);
+	count_port(lport, &d);
 
 	/* Already accepted (see handle_accept): nothing will wait. */
 	if (!sk->sk_socket)

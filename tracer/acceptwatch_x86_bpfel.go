@@ -79,14 +79,19 @@ type acceptwatchPending struct {
 type acceptwatchPortStats struct {
 	_             structs.HostLayout
 	Accepted      uint64
+	Handshakes    uint64
 	NotAccepted   uint64
+	Gone          uint64
 	SynackRetrans uint64
 	Syns          uint64
 	Drops         uint64
 	WaitMaxNs     uint64
 	WaitMinNs     uint64
+	WaitSumNs     uint64
 	BacklogMax    uint32
 	BacklogLimit  uint32
+	BlEpoch       [2]uint32
+	BlMax         [2]uint32
 	WaitHist      [512]uint32
 }
 
@@ -99,14 +104,15 @@ const (
 	acceptwatchStatSTAT_OVERFLOW_OTHER      acceptwatchStat = 3
 	acceptwatchStatSTAT_PENDING_FULL        acceptwatchStat = 4
 	acceptwatchStatSTAT_PORTS_FULL          acceptwatchStat = 5
-	acceptwatchStatSTAT_MAX                 acceptwatchStat = 6
+	acceptwatchStatSTAT_ADDR_NEW            acceptwatchStat = 6
+	acceptwatchStatSTAT_MAX                 acceptwatchStat = 7
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	acceptwatchMapAwAddrs              = "aw_addrs"
+	acceptwatchMapAwAddrSlot           = "aw_addr_slot"
 	acceptwatchMapAwEvents             = "aw_events"
 	acceptwatchMapAwListeners          = "aw_listeners"
 	acceptwatchMapAwLports             = "aw_lports"
@@ -129,11 +135,15 @@ const (
 	acceptwatchProgAwTpAcceptBtf       = "aw_tp_accept_btf"
 	acceptwatchProgAwTpAcceptOld       = "aw_tp_accept_old"
 	acceptwatchProgAwTpEnterOld        = "aw_tp_enter_old"
+	acceptwatchVarBacklogEpoch         = "backlog_epoch"
+	acceptwatchVarCountAddrs           = "count_addrs"
 	acceptwatchVarEmitEvents           = "emit_events"
 	acceptwatchVarFilterPorts          = "filter_ports"
 	acceptwatchVarListenOverflowReason = "listen_overflow_reason"
 	acceptwatchVarTargetFamily         = "target_family"
 	acceptwatchVarTargetTgid           = "target_tgid"
+	acceptwatchVarUnusedAddrKey        = "unused_addr_key"
+	acceptwatchVarUnusedAddrStats      = "unused_addr_stats"
 	acceptwatchVarUnusedEvent          = "unused_event"
 	acceptwatchVarUnusedEventFlags     = "unused_event_flags"
 	acceptwatchVarUnusedEventKind      = "unused_event_kind"
@@ -206,7 +216,7 @@ type acceptwatchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type acceptwatchMapSpecs struct {
-	AwAddrs     *ebpf.MapSpec `ebpf:"aw_addrs"`
+	AwAddrSlot  *ebpf.MapSpec `ebpf:"aw_addr_slot"`
 	AwEvents    *ebpf.MapSpec `ebpf:"aw_events"`
 	AwListeners *ebpf.MapSpec `ebpf:"aw_listeners"`
 	AwLports    *ebpf.MapSpec `ebpf:"aw_lports"`
@@ -220,11 +230,15 @@ type acceptwatchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type acceptwatchVariableSpecs struct {
+	BacklogEpoch         *ebpf.VariableSpec `ebpf:"backlog_epoch"`
+	CountAddrs           *ebpf.VariableSpec `ebpf:"count_addrs"`
 	EmitEvents           *ebpf.VariableSpec `ebpf:"emit_events"`
 	FilterPorts          *ebpf.VariableSpec `ebpf:"filter_ports"`
 	ListenOverflowReason *ebpf.VariableSpec `ebpf:"listen_overflow_reason"`
 	TargetFamily         *ebpf.VariableSpec `ebpf:"target_family"`
 	TargetTgid           *ebpf.VariableSpec `ebpf:"target_tgid"`
+	UnusedAddrKey        *ebpf.VariableSpec `ebpf:"unused_addr_key"`
+	UnusedAddrStats      *ebpf.VariableSpec `ebpf:"unused_addr_stats"`
 	UnusedEvent          *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventFlags     *ebpf.VariableSpec `ebpf:"unused_event_flags"`
 	UnusedEventKind      *ebpf.VariableSpec `ebpf:"unused_event_kind"`
@@ -254,7 +268,7 @@ func (o *acceptwatchObjects) Close() error {
 //
 // It can be passed to loadAcceptwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acceptwatchMaps struct {
-	AwAddrs     *ebpf.Map `ebpf:"aw_addrs"`
+	AwAddrSlot  *ebpf.Map `ebpf:"aw_addr_slot"`
 	AwEvents    *ebpf.Map `ebpf:"aw_events"`
 	AwListeners *ebpf.Map `ebpf:"aw_listeners"`
 	AwLports    *ebpf.Map `ebpf:"aw_lports"`
@@ -266,7 +280,7 @@ type acceptwatchMaps struct {
 
 func (m *acceptwatchMaps) Close() error {
 	return _AcceptwatchClose(
-		m.AwAddrs,
+		m.AwAddrSlot,
 		m.AwEvents,
 		m.AwListeners,
 		m.AwLports,
@@ -281,11 +295,15 @@ func (m *acceptwatchMaps) Close() error {
 //
 // It can be passed to loadAcceptwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acceptwatchVariables struct {
+	BacklogEpoch         *ebpf.Variable `ebpf:"backlog_epoch"`
+	CountAddrs           *ebpf.Variable `ebpf:"count_addrs"`
 	EmitEvents           *ebpf.Variable `ebpf:"emit_events"`
 	FilterPorts          *ebpf.Variable `ebpf:"filter_ports"`
 	ListenOverflowReason *ebpf.Variable `ebpf:"listen_overflow_reason"`
 	TargetFamily         *ebpf.Variable `ebpf:"target_family"`
 	TargetTgid           *ebpf.Variable `ebpf:"target_tgid"`
+	UnusedAddrKey        *ebpf.Variable `ebpf:"unused_addr_key"`
+	UnusedAddrStats      *ebpf.Variable `ebpf:"unused_addr_stats"`
 	UnusedEvent          *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventFlags     *ebpf.Variable `ebpf:"unused_event_flags"`
 	UnusedEventKind      *ebpf.Variable `ebpf:"unused_event_kind"`

@@ -187,10 +187,13 @@ func mergePortStats(perCPU []acceptwatchPortStats) acceptwatchPortStats {
 	var m acceptwatchPortStats
 	for _, v := range perCPU {
 		m.Accepted += v.Accepted
+		m.Handshakes += v.Handshakes
 		m.NotAccepted += v.NotAccepted
+		m.Gone += v.Gone
 		m.SynackRetrans += v.SynackRetrans
 		m.Syns += v.Syns
 		m.Drops += v.Drops
+		m.WaitSumNs += v.WaitSumNs
 		m.WaitMaxNs = max(m.WaitMaxNs, v.WaitMaxNs)
 		if v.WaitMinNs != 0 && (m.WaitMinNs == 0 || v.WaitMinNs < m.WaitMinNs) {
 			m.WaitMinNs = v.WaitMinNs // 0: this CPU saw no wait
@@ -207,10 +210,13 @@ func mergePortStats(perCPU []acceptwatchPortStats) acceptwatchPortStats {
 // subPort is subAddr for a port's counters (maxima and backlog stay as they are).
 func subPort(v, p acceptwatchPortStats) acceptwatchPortStats {
 	v.Accepted -= p.Accepted
+	v.Handshakes -= p.Handshakes
 	v.NotAccepted -= p.NotAccepted
+	v.Gone -= p.Gone
 	v.SynackRetrans -= p.SynackRetrans
 	v.Syns -= p.Syns
 	v.Drops -= p.Drops
+	v.WaitSumNs -= p.WaitSumNs
 	for i := range v.WaitHist {
 		v.WaitHist[i] -= p.WaitHist[i]
 	}

@@ -22,7 +22,7 @@ func fexitProgram(cache *btf.Cache) (string, error) {
 	// loader's "MEMLOCK may be too low" hint would then mislead: try a
 	// minimal fexit program first.
 	if err := probeFexit(cache); err != nil {
-		return "", fmt.Errorf("kernel refuses fentry/fexit programs: %w", err)
+		return "", fmt.Errorf("kernel refuses fentry/fexit programs (lockdown or a security policy; the capabilities are there): %w", err)
 	}
 	kernel, err := cache.Kernel()
 	if err != nil {
@@ -115,29 +115,46 @@ func haveKprobes() error {
 	return fmt.Errorf("kernel has no kprobe support (no kprobe PMU, no kprobe_events)")
 }
 
-// ensureTracefs mounts tracefs at its usual place when neither tracefs nor
-// debugfs is mounted: classic tracepoints are found by name there.
-func ensureTracefs() (mounted bool, _ error) {
+// ensureTracefs finds tracefs (or debugfs, which holds it) and mounts
+// tracefs at its usual place when neither is mounted: classic tracepoints
+// are found by name there. dir is where the events are.
+func ensureTracefs() (dir string, mounted bool, _ error) {
+	const usual = "/sys/kernel/tracing"
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return false, fmt.Errorf("reading mounts: %w", err)
+		return "", false, fmt.Errorf("reading mounts: %w", err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
+	debugfs := ""
 	for sc.Scan() {
-		// Fields after the " - " separator: fstype source options.
-		_, after, ok := strings.Cut(sc.Text(), " - ")
+		// Fields: id parent major:minor root mountpoint ... - fstype source options.
+		before, after, ok := strings.Cut(sc.Text(), " - ")
 		if !ok {
 			continue
 		}
-		if fstype, _, _ := strings.Cut(after, " "); fstype == "tracefs" || fstype == "debugfs" {
-			return false, nil
+		fields := strings.Fields(before)
+		if len(fields) < 5 {
+			continue
+		}
+		switch fstype, _, _ := strings.Cut(after, " "); fstype {
+		case "tracefs":
+			return fields[4], false, nil
+		case "debugfs":
+			debugfs = fields[4] + "/tracing"
 		}
 	}
-	if err := unix.Mount("nodev", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {
-		return false, fmt.Errorf("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: %w", err)
+	if debugfs != "" {
+		return debugfs, false, nil
 	}
-	return true, nil
+	if err := unix.Mount("nodev", usual, "tracefs", 0, ""); err != nil {
+		if errors.Is(err, unix.EPERM) && !hasCap(capSysAdmin) {
+			return "", false, &CapabilityError{Missing: []string{capSysAdmin.name},
+				For: "tracefs is not mounted, and tracepoint mode needs it: mount it (mount -t tracefs nodev " + usual + "; systemd does at boot) or grant CAP_SYS_ADMIN"}
+		}
+		return "", false, fmt.Errorf("tracefs is not mounted and mounting it on %s failed: %w", usual, err)
+	}
+	return usual, true, nil
 }
 
 // monotonicNow reads CLOCK_MONOTONIC (bpf_ktime_get_ns) and the wall clock

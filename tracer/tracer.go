@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -47,6 +48,12 @@ type Config struct {
 	MaxAddresses uint32   // capacity of the address map; 0: DefaultMaxAddresses
 	LiveEvents   bool     // send a live event per accept (false: counters only)
 	NoSynCounter bool     // count no SYNs: no per-packet program, no tcp_conn_request hook
+	// NoAddresses turns per-address counting off: per-port counters only
+	// (metrics without top addresses). The address map then holds 1 entry.
+	NoAddresses bool
+	// AddressWindows keeps two address maps of MaxAddresses each, for runs
+	// of any length: RotateAddresses swaps them and drains the full one.
+	AddressWindows bool
 	// Logf receives diagnostics (which modes failed and why); nil drops them.
 	Logf func(format string, args ...any)
 }
@@ -60,11 +67,15 @@ type Tracer struct {
 	extras     *extras          // SYN and drop counters every mode shares
 	links      []link.Link
 	reader     *ringbuf.Reader
-	addrs      *ebpf.Map
+	addrs      *ebpf.Map // the address map in use
+	addrWin    *addrWindows
 	lports     *ebpf.Map
 	stats      *ebpf.Map
 	window     *ebpf.Variable
 	windowID   uint32
+	mu         sync.Mutex     // Snapshot, RotateAddresses, AddressFill may run from several goroutines
+	blEpoch    *ebpf.Variable // backlog_epoch: see Snapshot
+	epoch      uint32
 	bootWall   time.Time // wall-clock time of CLOCK_MONOTONIC zero
 	rec        ringbuf.Record
 	// The reader's deadline is in the past (a read returns at once).
@@ -87,8 +98,11 @@ func Open(cfg Config) (*Tracer, error) {
 		cfg.Logf = func(string, ...any) {}
 	}
 	logf := cfg.Logf
-	if err := rlimit.RemoveMemlock(); err != nil {
-		logf("raising RLIMIT_MEMLOCK: %v", err)
+	if err := checkCapabilities(); err != nil {
+		return nil, err
+	}
+	if memlockErr = rlimit.RemoveMemlock(); memlockErr != nil {
+		logf("raising RLIMIT_MEMLOCK: %v", memlockErr)
 	}
 	if cfg.MaxAddresses == 0 {
 		cfg.MaxAddresses = DefaultMaxAddresses
@@ -108,10 +122,12 @@ func Open(cfg Config) (*Tracer, error) {
 	}
 	maps, err := createMaps(spec, cfg)
 	if err != nil {
-		if errors.Is(err, os.ErrPermission) && os.Geteuid() != 0 {
-			return nil, ErrPrivileges
-		}
-		return nil, err
+		return nil, mapsError(err)
+	}
+	win, err := newAddrWindows(spec.Maps["aw_addr_slot"].InnerMap, maps.Maps["aw_addr_slot"], maps.Maps["aw_stats"], cfg)
+	if err != nil {
+		maps.Close()
+		return nil, mapsError(err)
 	}
 
 	modes := Modes
@@ -124,9 +140,21 @@ func Open(cfg Config) (*Tracer, error) {
 	var tracefsErr error
 	if !slices.Equal(modes, []string{ModeFexit}) {
 		var mounted bool
-		mounted, tracefsErr = ensureTracefs()
+		var dir string
+		dir, mounted, tracefsErr = ensureTracefs()
 		if mounted {
-			logf("mounted tracefs on /sys/kernel/tracing")
+			logf("mounted tracefs on %s", dir)
+		}
+		if tracefsErr == nil {
+			// Classic tracepoints are found by their id there: a
+			// directory only root may read, so say which capability
+			// is missing before loading anything.
+			f, err := os.Open(dir + "/events/syscalls/sys_exit_accept4/id")
+			if err != nil {
+				tracefsErr = tracefsError(dir, err)
+			} else {
+				f.Close()
+			}
 		}
 	}
 	ex := openExtras(spec, maps, cache, cfg)
@@ -135,18 +163,16 @@ func Open(cfg Config) (*Tracer, error) {
 		t, err := openMode(spec, maps, cache, mode, cfg, tracefsErr, ex)
 		if err == nil {
 			logf("attach mode %s: attached", mode)
+			t.addrWin = win
+			t.addrs = win.active()
 			return t, nil
 		}
 		reason := oneLine(err.Error())
 		logf("attach mode %s: failed: %s", mode, reason)
 		reasons = append(reasons, mode+": "+reason)
-		if errors.Is(err, os.ErrPermission) && os.Geteuid() != 0 {
-			ex.Close()
-			maps.Close()
-			return nil, ErrPrivileges
-		}
 	}
 	ex.Close()
+	win.close()
 	maps.Close()
 	return nil, fmt.Errorf("no attach mode works on this kernel (%s)", strings.Join(reasons, "; "))
 }
@@ -154,10 +180,6 @@ func Open(cfg Config) (*Tracer, error) {
 // tcpPrograms are loaded in every mode: BTF tracepoints of the TCP stack
 // (completed handshakes, destroyed sockets, SYN-ACK retransmits).
 var tcpPrograms = []string{"aw_handshake", "aw_destroy", "aw_synack"}
-
-// ErrPrivileges is returned when the kernel refuses to load programs for a
-// process that is not root.
-var ErrPrivileges = errors.New("tracing needs CAP_BPF and CAP_PERFMON (or root): run with sudo")
 
 func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	consts := map[string]any{
@@ -168,6 +190,7 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		// A sixteenth of the ring: a batch big enough to amortise a wakeup,
 		// far from full.
 		"wakeup_bytes": uint64(spec.Maps["aw_events"].MaxEntries / 16),
+		"count_addrs":  !cfg.NoAddresses,
 	}
 	for name, v := range consts {
 		vs, ok := spec.Variables[name]
@@ -178,7 +201,10 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 			return fmt.Errorf("setting %s: %w", name, err)
 		}
 	}
-	spec.Maps["aw_addrs"].MaxEntries = cfg.MaxAddresses
+	// The outer map's template: the kernel compares an inner hash map's
+	// type, key, value and flags with it, not its size (5.10+), so a
+	// one-entry template spares a preallocation of --max-addresses entries.
+	spec.Maps["aw_addr_slot"].InnerMap.MaxEntries = 1
 	return nil
 }
 
@@ -255,10 +281,10 @@ func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache
 		synCounter: ex.syn,
 		maps:       maps,
 		coll:       coll,
-		addrs:      maps.Maps["aw_addrs"],
 		lports:     maps.Maps["aw_lports"],
 		stats:      maps.Maps["aw_stats"],
 		window:     maps.Variables["window_id"],
+		blEpoch:    maps.Variables["backlog_epoch"],
 		bootWall:   wall.Add(-mono),
 		prev:       map[[16]byte]acceptwatchAddrStats{},
 		prevPorts:  map[uint16]acceptwatchPortStats{},
@@ -309,7 +335,7 @@ func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("attaching: %w", err)
+		return nil, fmt.Errorf("attaching: %w", perfEventError(err))
 	}
 	for _, name := range tcpPrograms {
 		if err := t.attach(link.AttachTracing(link.TracingOptions{Program: coll.Programs[name]})); err != nil {
@@ -403,6 +429,10 @@ func (t *Tracer) Close() error {
 	if t.maps != nil {
 		t.maps.Close()
 		t.maps = nil
+	}
+	if t.addrWin != nil {
+		t.addrWin.close()
+		t.addrWin = nil
 	}
 	return errors.Join(errs...)
 }

@@ -99,6 +99,19 @@ func attachMode() string {
 	return "auto"
 }
 
+// userDir makes a directory that other users can reach (t.TempDir's parent
+// is private), removed at the end of the test.
+func userDir(t *testing.T, mode os.FileMode) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "acceptwatch-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, mode)
+	return dir
+}
+
 // proc is a running acceptwatch.
 type proc struct {
 	t      *testing.T
@@ -116,10 +129,21 @@ type proc struct {
 // waits until its programs are attached.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startCmd(t, acceptwatchBin(t), nil, args...)
+}
+
+// startCmd is start for the binary bin, with cmd changed by setup (nil:
+// as is) before it runs.
+func startCmd(t *testing.T, bin string, setup func(*exec.Cmd), args ...string) *proc {
+	t.Helper()
 	requireRoot(t)
-	ready := filepath.Join(t.TempDir(), "ready")
+	dir := userDir(t, 0o777) // the ready file, for a process of any user
+	ready := filepath.Join(dir, "ready")
 	args = append([]string{"--attach", attachMode(), "--ready-file", ready}, args...)
-	p := &proc{t: t, cmd: exec.Command(acceptwatchBin(t), args...)}
+	p := &proc{t: t, cmd: exec.Command(bin, args...)}
+	if setup != nil {
+		setup(p.cmd)
+	}
 	p.cmd.Stdout = &p.stdout
 	p.cmd.Stderr = &p.stderr
 	if err := p.cmd.Start(); err != nil {

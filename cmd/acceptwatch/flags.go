@@ -44,6 +44,8 @@ type options struct {
 	readyFile         string // test hook: written once tracing has started
 	cpuProfile        string // profiling hook: pprof CPU profile of the whole run
 	snapshot          snapshotOptions
+	metrics           metricsOptions
+	docs              docOptions
 
 	pidSet    bool             // --pid was given (0 is then an error)
 	portList  []uint16         // parsed from ports
@@ -79,6 +81,7 @@ const examples = `Examples:
   sudo acceptwatch -port 443 -q --group-by prefix --prefix 16,48  # rows per network
   sudo acceptwatch -port 443 -q -d 10m --save-baseline normal.json  # a normal period...
   sudo acceptwatch -port 443 -q -i 1m --baseline normal.json        # ...and what is far above it
+  sudo acceptwatch --metrics                # serve Prometheus metrics on :10074 and keep running
 `
 
 func newFlagSet(o *options) *pflag.FlagSet {
@@ -109,6 +112,7 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.StringVar(&o.baseline, "baseline", "", "compare with the baseline saved in `file`: findings for what is far above it")
 	fs.Float64Var(&o.baselineFactor, "baseline-factor", 3, "finding for a rate (or queue wait) this many times its baseline")
 	fs.BoolVar(&o.noSynCounter, "no-syn-counter", false, "count no SYNs: no per-packet program on the cgroup root (SYNS not counted)")
+	o.metrics.flags(fs)
 	fs.BoolVarP(&o.verbose, "verbose", "v", false, "say which attach modes were tried and why each failed")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help")
@@ -116,6 +120,7 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	_ = fs.MarkHidden("ready-file")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a pprof CPU profile of the run to this file")
 	_ = fs.MarkHidden("cpuprofile")
+	o.docs.flags(fs)
 	return fs
 }
 
@@ -183,21 +188,22 @@ const minInterval = 100 * time.Millisecond
 // expects says, per flag that takes a number or a duration, what a valid
 // value looks like: pflag's own errors quote strconv and time internals.
 var expects = map[string]string{
-	"pid":                  "a process id, 1 or more",
-	"count":                "a whole number (0: no limit)",
-	"top":                  "a whole number, 0 or more",
-	"max-addresses":        "a whole number, 1 or more",
-	"half-open-threshold":  "a whole number (0: never)",
-	"duration":             "a duration such as 30s or 5m (0: until Ctrl-C)",
-	"interval":             "a duration such as 10s (0: only the final summary)",
-	"wait-threshold":       "a duration such as 100ms (0: never)",
-	"syn-recv-share":       "a percentage, 0 to 100",
-	"address-share":        "a percentage, 0 to 100",
-	"close-wait-threshold": "a whole number",
-	"flood-min":            "a whole number",
-	"flood-factor":         "a number, 0 or more",
-	"flood-share":          "a share between 0 and 1",
-	"baseline-factor":      "a number, 0 or more",
+	"pid":                   "a process id, 1 or more",
+	"count":                 "a whole number (0: no limit)",
+	"top":                   "a whole number, 0 or more",
+	"max-addresses":         "a whole number, 1 or more",
+	"half-open-threshold":   "a whole number (0: never)",
+	"duration":              "a duration such as 30s or 5m (0: until Ctrl-C)",
+	"interval":              "a duration such as 10s (0: only the final summary)",
+	"wait-threshold":        "a duration such as 100ms (0: never)",
+	"syn-recv-share":        "a percentage, 0 to 100",
+	"address-share":         "a percentage, 0 to 100",
+	"close-wait-threshold":  "a whole number",
+	"flood-min":             "a whole number",
+	"flood-factor":          "a number, 0 or more",
+	"flood-share":           "a share between 0 and 1",
+	"baseline-factor":       "a number, 0 or more",
+	"metrics-top-addresses": fmt.Sprintf("a whole number, 0 to %d", maxTopAddresses),
 }
 
 // friendly rewrites pflag's errors for bad and missing values in the words
@@ -303,6 +309,12 @@ func (o *options) validate() error {
 	}
 	if o.interval > 0 && o.interval < minInterval {
 		return usagef("invalid --interval %s: the shortest window is %s", o.interval, minInterval)
+	}
+	if err := o.validateMetrics(); err != nil {
+		return err
+	}
+	if err := o.docs.validate(); err != nil {
+		return err
 	}
 	var err error
 	if o.prefixLen, err = report.ParsePrefixLen(o.prefix); err != nil {

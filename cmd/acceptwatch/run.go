@@ -13,8 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/acceptwatch/acceptwatch/report"
 	"github.com/acceptwatch/acceptwatch/report/baseline"
 	"github.com/acceptwatch/acceptwatch/tracer"
@@ -33,6 +31,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "acceptwatch %s\n", version())
 		return nil
 	}
+	if o.docs.requested() {
+		return o.docs.write(stdout, fs)
+	}
 	if o.snapshot.on {
 		return runSnapshot(o, stdout, stderr)
 	}
@@ -46,9 +47,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := baseline.CheckWritable(o.saveBaseline); err != nil {
 			return usageError{err.Error()}
 		}
-	}
-	if err := checkPrivileges(); err != nil {
-		return err
 	}
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
@@ -71,6 +69,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		LiveEvents:   !o.quiet || o.count > 0,
 		NoSynCounter: o.noSynCounter,
 	}
+	if o.metrics.on() {
+		o.metrics.configure(o, &cfg)
+	}
 	if o.ipv4 {
 		cfg.Family = 4
 	} else if o.ipv6 {
@@ -92,16 +93,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ports = "port " + strings.Join(o.portNames, ",")
 	}
 	fmt.Fprintf(stderr, "acceptwatch: tracing accepts on %s with %s (handshakes: sock:inet_sock_set_state); Ctrl-C to end\n", ports, t.Mode())
-	if o.readyFile != "" {
-		// Write then rename, so a waiter never sees an empty file.
-		tmp := o.readyFile + ".tmp"
-		if err := os.WriteFile(tmp, []byte(t.Mode()+"\n"), 0o644); err != nil {
-			return fmt.Errorf("writing ready file: %w", err)
-		}
-		if err := os.Rename(tmp, o.readyFile); err != nil {
-			return fmt.Errorf("writing ready file: %w", err)
-		}
-	}
 
 	out := bufio.NewWriterSize(stdout, 64<<10)
 	var w report.Writer
@@ -110,13 +101,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		w = report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet})
 	}
-	l := &loop{o: o, t: t, w: w, out: out, now: openConnectionsNow(), base: base, stderr: stderr}
-	defer l.now.Close()
-	err = l.run(ctx)
+	if o.metrics.on() {
+		err = serveMetrics(ctx, o, t, w, out, stderr)
+	} else if err = writeReady(o.readyFile, t.Mode()); err == nil {
+		l := &loop{o: o, t: t, w: w, out: out, now: openConnectionsNow(), base: base, stderr: stderr}
+		defer l.now.Close()
+		err = l.run(ctx)
+	}
 	if isClosedPipe(err) {
 		return nil
 	}
 	return err
+}
+
+// writeReady creates the test hook's ready file: write then rename, so a
+// waiter never sees an empty file.
+func writeReady(path, mode string) error {
+	if path == "" {
+		return nil
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(mode+"\n"), 0o644); err != nil {
+		return fmt.Errorf("writing ready file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("writing ready file: %w", err)
+	}
+	return nil
 }
 
 // flushEvery bounds how long a live line waits in acceptwatch's output
@@ -291,24 +302,6 @@ func (l *loop) summary(final bool) (time.Time, error) {
 		fmt.Fprintf(l.stderr, "acceptwatch: baseline saved to %s\n", l.o.saveBaseline)
 	}
 	return c.End, err
-}
-
-// checkPrivileges fails early, with the capabilities named, when the
-// process plainly cannot load BPF programs.
-func checkPrivileges() error {
-	if os.Geteuid() == 0 {
-		return nil
-	}
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return nil // let the kernel decide
-	}
-	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
-	if has(unix.CAP_SYS_ADMIN) || (has(unix.CAP_BPF) && has(unix.CAP_PERFMON)) {
-		return nil
-	}
-	return tracer.ErrPrivileges
 }
 
 func isClosedPipe(err error) bool {

@@ -34,7 +34,8 @@ func snapshotFlags(fs *pflag.FlagSet, o *snapshotOptions) {
 // Flags of the tracer that a snapshot has no use for, and the other way round.
 var (
 	tracingOnly = []string{"duration", "count", "interval", "attach", "quiet", "pid", "max-addresses", "wait-threshold", "half-open-threshold", "ready-file",
-		"no-syn-counter", "prefix", "group-by", "flood-min", "flood-factor", "flood-share", "save-baseline", "baseline", "baseline-factor"}
+		"no-syn-counter", "prefix", "group-by", "flood-min", "flood-factor", "flood-share", "save-baseline", "baseline", "baseline-factor",
+		"metrics", "metrics-addr", "metrics-top-addresses", "live"}
 	snapshotOnly = []string{"syn-recv-share", "address-share", "close-wait-threshold"}
 )
 
