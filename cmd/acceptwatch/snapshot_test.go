@@ -383,9 +383,11 @@ func TestSnapshotErrors(t *testing.T) {
 	}
 	// A dump that fails (here: no file descriptor left for the netlink
 	// socket) is one line and exit 1. The limit is set by sh, so this
-	// runs where there is one (not in the kernel matrix's initramfs).
+	// runs where there is one (not in the kernel matrix's initramfs). sh
+	// first closes what an outer runner may have left open (flock's lock
+	// file takes fd 3), so that the 4 descriptors mean the same everywhere.
 	if sh, err := exec.LookPath("sh"); err == nil {
-		cmd := exec.Command(sh, "-c", "ulimit -n 4; exec \"$0\" --snapshot", acceptwatchBin(t))
+		cmd := exec.Command(sh, "-c", "exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; ulimit -n 4; exec \"$0\" --snapshot", acceptwatchBin(t))
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		err := cmd.Run()
