@@ -6,7 +6,6 @@ package main
 // naming exactly that one. Runs in the kernel matrix too.
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"os"
@@ -60,19 +59,7 @@ func userCopy(t *testing.T) string {
 // mount (acceptwatch run as root mounts one if there is none).
 func tracefsEventsDir(t *testing.T) string {
 	t.Helper()
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		before, after, _ := strings.Cut(sc.Text(), " - ")
-		if fields := strings.Fields(before); len(fields) >= 5 && strings.HasPrefix(after, "tracefs ") {
-			return fields[4]
-		}
-	}
-	return ""
+	return mountPoint(t, "tracefs")
 }
 
 // othersCanRead says whether a process without DAC capabilities may read

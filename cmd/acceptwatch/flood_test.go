@@ -192,6 +192,17 @@ func TestSynCounterFallback(t *testing.T) {
 // cgroup2Mount finds where the cgroup v2 hierarchy is mounted.
 func cgroup2Mount(t *testing.T) string {
 	t.Helper()
+	mnt := mountPoint(t, "cgroup2")
+	if mnt == "" {
+		t.Fatal("no cgroup2 mount")
+	}
+	return mnt
+}
+
+// mountPoint is where a file system of type fstype is mounted ("" if none),
+// from /proc/self/mountinfo.
+func mountPoint(t *testing.T, fstype string) string {
+	t.Helper()
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
@@ -200,11 +211,10 @@ func cgroup2Mount(t *testing.T) string {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		before, after, _ := strings.Cut(sc.Text(), " - ")
-		if strings.HasPrefix(after, "cgroup2 ") {
-			return strings.Fields(before)[4]
+		if fields := strings.Fields(before); len(fields) >= 5 && strings.HasPrefix(after, fstype+" ") {
+			return fields[4]
 		}
 	}
-	t.Fatal("no cgroup2 mount")
 	return ""
 }
 
