@@ -16,6 +16,7 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/x/term"
+	"github.com/muesli/termenv"
 
 	"github.com/acceptwatch/acceptwatch/report"
 	"github.com/acceptwatch/acceptwatch/report/top"
@@ -34,7 +35,9 @@ func runTop(ctx context.Context, l *loop, stdout *os.File) error {
 		Ports:   o.portsLabel(),
 		Refresh: o.refresh,
 		Start:   t.Started(),
-		Styles:  top.StylesFor(lipgloss.NewRenderer(stdout)),
+		// stdout is a terminal (checked before): WithTTY keeps termenv from
+		// turning colour off because CI is set in the environment.
+		Styles: top.StylesFor(lipgloss.NewRenderer(stdout, termenv.WithTTY(true))),
 	})
 	// Signals come through ctx (main's handler), so that SIGTERM ends like q.
 	// 20 frames a second answer a key at once; the default 60 wake the

@@ -273,7 +273,9 @@ func startTmux(t *testing.T, w, h int, env []string, command string) *tmux {
 		t.Skip("tmux is not installed: apt-get install tmux (make test installs it)")
 	}
 	tm := &tmux{t: t, sock: filepath.Join(t.TempDir(), "tmux.sock")}
-	args := []string{"new-session", "-d", "-s", "aw", "-x", strconv.Itoa(w), "-y", strconv.Itoa(h)}
+	// CI=true as CI runs set it: the pane is the same everywhere, and a
+	// real terminal must keep its colours under it.
+	args := []string{"new-session", "-d", "-s", "aw", "-x", strconv.Itoa(w), "-y", strconv.Itoa(h), "-e", "CI=true"}
 	for _, e := range env {
 		args = append(args, "-e", e)
 	}
