@@ -70,7 +70,13 @@ func (o *options) snapshotFilter() sockdiag.Filter {
 }
 
 func runSnapshot(o *options, stdout, stderr io.Writer) error {
-	snap, err := sockdiag.Take(o.snapshotFilter())
+	// --netns: the namespace's sockets (entering it needs CAP_SYS_ADMIN).
+	d, err := sockdiag.OpenIn(o.netnsPath)
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	defer d.Close()
+	snap, err := d.Snapshot(o.snapshotFilter())
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
