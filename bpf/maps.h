@@ -17,8 +17,8 @@ const volatile __u8 target_family = 0;    /* 0, 4 or 6 */
 const volatile bool filter_ports = false; /* false: every port */
 const volatile bool emit_events = true;   /* false: counters only (--quiet) */
 const volatile __u64 wakeup_bytes = 0;    /* wake the reader once this much is queued */
-const volatile bool count_addrs = true;
-const volatile __u32 target_netns = 0;    /* 0: every network namespace (else its inode) */   /* false: per-port counters only (metrics without top addresses) */
+const volatile bool count_addrs = true;   /* false: per-port counters only (metrics without top addresses) */
+const volatile __u32 target_netns = 0;    /* 0: every network namespace (else its inode): --netns */
 
 /* Bumped by user space at each --interval boundary. */
 volatile __u32 window_id = 0;
