@@ -4,11 +4,10 @@ import (
 	"bufio"
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/acceptwatch/acceptwatch/tracer/netns"
 )
 
 // netstatNames are the TcpExt counters of /proc/net/netstat that tell
@@ -27,46 +26,16 @@ func (t *Tracer) readNetstat() (netstat, error) {
 		return readNetstatFile("/proc/net/netstat")
 	}
 	var out netstat
-	var err error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		out, err = inNetNS(t.netnsPath, func() (netstat, error) {
-			// /proc/net is the main thread's namespace: this thread's.
-			return readNetstatFile("/proc/thread-self/net/netstat")
-		})
-	}()
-	<-done
-	return out, err
-}
-
-// inNetNS runs fn on this goroutine's thread moved into the network
-// namespace at path, then moves it back. A thread that cannot go back stays
-// locked: Go ends it with the goroutine instead of reusing it.
-func inNetNS(path string, fn func() (netstat, error)) (netstat, error) {
-	var out netstat
-	runtime.LockOSThread()
-	self, err := os.Open("/proc/thread-self/ns/net")
+	var readErr error
+	err := netns.NS{Path: t.netnsPath}.Do(func() error {
+		// /proc/net is the main thread's namespace: this thread's.
+		out, readErr = readNetstatFile("/proc/thread-self/net/netstat")
+		return nil
+	})
 	if err != nil {
-		runtime.UnlockOSThread()
 		return out, fmt.Errorf("reading kernel counters: %w", err)
 	}
-	defer self.Close()
-	target, err := os.Open(path)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return out, fmt.Errorf("reading kernel counters of %s: %w", path, err)
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return out, fmt.Errorf("reading kernel counters: entering %s: %w", path, err)
-	}
-	out, err = fn()
-	if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
-		runtime.UnlockOSThread()
-	}
-	return out, err
+	return out, readErr
 }
 
 // readNetstatFile reads the counters from a netstat file.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/acceptwatch/acceptwatch/tracer/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,7 +32,7 @@ func makeNetNS(t *testing.T, suffix string) *testNetNS {
 	t.Helper()
 	requireRoot(t)
 	ns := &testNetNS{name: fmt.Sprintf("aw-%d-%s", os.Getpid(), suffix), do: make(chan func())}
-	path := filepath.Join(netnsDir, ns.name)
+	path := filepath.Join(netns.Dir, ns.name)
 	ready := make(chan error)
 	go func() {
 		// This thread enters the namespace and is never unlocked: Go ends
@@ -76,7 +77,7 @@ func (ns *testNetNS) enter(path string) error {
 	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
 		return fmt.Errorf("lo up: %w", err)
 	}
-	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+	if err := os.MkdirAll(netns.Dir, 0o755); err != nil {
 		return err
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)

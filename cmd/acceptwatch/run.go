@@ -16,6 +16,7 @@ import (
 	"github.com/acceptwatch/acceptwatch/report"
 	"github.com/acceptwatch/acceptwatch/report/baseline"
 	"github.com/acceptwatch/acceptwatch/tracer"
+	"github.com/acceptwatch/acceptwatch/tracer/netns"
 )
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -126,7 +127,7 @@ func (o *options) writer(out *bufio.Writer) report.Writer {
 	if o.output == "json" {
 		return report.NewJSON(out)
 	}
-	return report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet, NetNS: o.netnsColumn, NetNSName: netnsLabeler()})
+	return report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet, NetNS: o.netnsColumn, NetNSName: netnsLabel})
 }
 
 // portsLabel names the watched ports: "port 80,443" or "all ports".
@@ -325,7 +326,7 @@ func (l *loop) names(c *tracer.Counts) map[uint32]string {
 	fresh := false
 	lookup := func(ns uint32) {
 		if _, ok := l.nsNames[ns]; !ok && ns != 0 && !fresh {
-			l.nsNames, fresh = netnsNames(), true
+			l.nsNames, fresh = netns.Names(), true
 		}
 	}
 	for _, a := range c.Addresses {
@@ -348,7 +349,7 @@ func (l *loop) countersNS() uint32 {
 	}
 	ns := uint32(st.Ino)
 	if _, ok := l.nsNames[ns]; !ok {
-		l.nsNames = netnsNames()
+		l.nsNames = netns.Names()
 	}
 	return ns
 }

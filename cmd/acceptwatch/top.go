@@ -103,8 +103,7 @@ type topSource struct {
 	now      *connectionsNow
 	open     map[netip.Addr]nowAddr
 	nowPorts map[uint16]sockdiag.Port
-	nowNS    uint32 // the snapshot's network namespace: OPEN is only its rows'
-	nsNames  func(uint32) string
+	nowNS    uint32        // the snapshot's network namespace: OPEN is only its rows'
 	nowTime  time.Time     // of the last snapshot; zero: none yet
 	nowCost  time.Duration // what it took
 	nowErr   error
@@ -145,14 +144,6 @@ func (s *topSource) snapshot(now time.Time) {
 	for _, p := range snap.Ports {
 		s.nowPorts[p.Port] = p
 	}
-}
-
-// netnsName labels a namespace on port rows.
-func (s *topSource) netnsName(ns uint32) string {
-	if s.nsNames == nil {
-		s.nsNames = netnsLabeler()
-	}
-	return s.nsNames(ns)
 }
 
 var errStopped = errors.New("live table stopped")
@@ -355,7 +346,7 @@ func (s *topSource) ports(ls []report.PortStats) []top.Port {
 	for _, p := range ls {
 		label := ""
 		if multi {
-			label = s.netnsName(p.NetNS)
+			label = netnsLabel(p.NetNS)
 		}
 		out = append(out, top.Port{
 			Port: p.Port, NetNS: p.NetNS, NetNSLabel: label, Accepted: p.Accepted, NotAccepted: p.NotAccepted, SynackRetrans: p.SynackRetrans, Drops: p.Drops,
