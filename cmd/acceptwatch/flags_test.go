@@ -111,6 +111,10 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-o", "top", "--metrics-addr", ":9999"}, "-o top and --metrics exclude each other"},
 		{[]string{"-o", "top", "--refresh", "10ms"}, "--refresh"},
 		{[]string{"--refresh", "2s"}, "--refresh goes with -o top"},
+		// --netns: what was tried (tracer/netns.Resolve).
+		{[]string{"--netns", "aw-no-such"}, "--netns aw-no-such: /run/netns/aw-no-such: no such namespace file"},
+		{[]string{"--netns", "/proc/self/ns/uts"}, "--netns /proc/self/ns/uts: /proc/self/ns/uts is not a network namespace"},
+		{[]string{"--netns", "1"}, "--netns 1: no network namespace with inode 1"},
 		// Numbers and durations: the same wording for every flag, no
 		// strconv or time package internals.
 		{[]string{"--pid", "-1"}, `invalid --pid "-1": want a process id`},
