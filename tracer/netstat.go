@@ -28,7 +28,7 @@ func (t *Tracer) readNetstat() (netstat, error) {
 	var out netstat
 	var readErr error
 	err := netns.NS{Path: t.netnsPath}.Do(func() error {
-		// /proc/net is the main thread's namespace: this thread's.
+		// Not /proc/net: that is the main thread's namespace.
 		out, readErr = readNetstatFile("/proc/thread-self/net/netstat")
 		return nil
 	})

@@ -104,7 +104,8 @@ func Current() (uint32, error) {
 
 // Do runs fn in ns on a locked OS thread of its own and returns fn's error.
 // Inside fn, read per-namespace /proc files under /proc/thread-self/net:
-// /proc/net is the main thread's. If the thread cannot go back to its
+// /proc/net is /proc/self/net, the main thread's, and Go may or may not have
+// picked the main thread for fn (the tests saw both). If the thread cannot go back to its
 // namespace it stays locked, so Go ends it with its goroutine instead of
 // reusing it in the wrong namespace.
 func (ns NS) Do(fn func() error) error {
