@@ -28,6 +28,13 @@ const Dir = "/run/netns"
 // CLONE_NEW* type of the namespace an nsfs file refers to.
 const nsGetNSType = 0xb703
 
+// nsTypes names the other namespace types for errors.
+var nsTypes = map[int]string{
+	unix.CLONE_NEWNS: " mount", unix.CLONE_NEWUTS: " uts", unix.CLONE_NEWIPC: "n ipc",
+	unix.CLONE_NEWUSER: " user", unix.CLONE_NEWPID: " pid", unix.CLONE_NEWCGROUP: " cgroup",
+	unix.CLONE_NEWTIME: " time",
+}
+
 // NS is one network namespace.
 type NS struct {
 	Inode uint32 // as in /proc/PID/ns/net and the kernel's ns.inum
@@ -83,8 +90,7 @@ func inode(path string) (uint32, error) {
 		return 0, fmt.Errorf("%s: reading its namespace type: %w", path, err)
 	}
 	if typ != unix.CLONE_NEWNET {
-		target, _ := os.Readlink(path)
-		return 0, fmt.Errorf("%s is not a network namespace (%s)", path, strings.TrimSpace(target+" type "+strconv.Itoa(typ)))
+		return 0, fmt.Errorf("%s is not a network namespace but a%s one", path, nsTypes[typ])
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {

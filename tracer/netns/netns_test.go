@@ -48,7 +48,7 @@ func TestResolve(t *testing.T) {
 		{"aw-nsread-no-such", "/run/netns/aw-nsread-no-such: no such namespace file"},
 		{"/nonexistent/ns", "/nonexistent/ns: no such namespace file"},
 		{plain, plain + " is not a namespace file"},
-		{"/proc/self/ns/uts", "/proc/self/ns/uts is not a network namespace (uts:["},
+		{"/proc/self/ns/uts", "/proc/self/ns/uts is not a network namespace but a uts one"},
 		{"1", "no network namespace with inode 1 in /run/netns/* or /proc/*/ns/net"},
 	} {
 		_, err := netns.Resolve(c.spec)
