@@ -68,7 +68,7 @@ type Resolver struct {
 	minWalk     time.Duration
 
 	mu       sync.Mutex
-	paths    map[uint64]string
+	paths    map[uint64]entry
 	lastWalk time.Time
 	walks    int
 }
@@ -88,28 +88,47 @@ func NewResolver() (*Resolver, error) {
 	return &Resolver{mnt: mnt, prefix: prefix, minWalk: 250 * time.Millisecond}, nil
 }
 
+type entry struct {
+	path, container string // container: "" until first asked for
+	parsed          bool
+}
+
 // Path is the cgroup's path in the hierarchy ("/system.slice/nginx.service"),
 // "" if the id is 0, unknown or gone.
 func (r *Resolver) Path(id uint64) string {
+	p, _ := r.Lookup(id)
+	return p
+}
+
+// Lookup is Path and the label of the container or unit the path names
+// (Parse(path).String()), parsed once per cgroup: it runs per live line.
+func (r *Resolver) Lookup(id uint64) (path, container string) {
 	if r == nil || id == 0 {
-		return ""
+		return "", ""
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if p, ok := r.paths[id]; ok {
-		return p
+	e, ok := r.paths[id]
+	if !ok {
+		if r.paths != nil && time.Since(r.lastWalk) < r.minWalk {
+			return "", ""
+		}
+		r.walk()
+		if e, ok = r.paths[id]; !ok {
+			return "", ""
+		}
 	}
-	if r.paths != nil && time.Since(r.lastWalk) < r.minWalk {
-		return ""
+	if !e.parsed {
+		e.container, e.parsed = Parse(e.path).String(), true
+		r.paths[id] = e
 	}
-	r.walk()
-	return r.paths[id]
+	return e.path, e.container
 }
 
 // walk rebuilds the whole map, so that it holds only cgroups that exist:
 // its size is bounded by the hierarchy's.
 func (r *Resolver) walk() {
-	paths := make(map[uint64]string, len(r.paths))
+	paths := make(map[uint64]entry, len(r.paths))
 	filepath.WalkDir(r.mnt, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.IsDir() {
 			// A cgroup removed during the walk, or a control file.
@@ -123,7 +142,7 @@ func (r *Resolver) walk() {
 		if path == "" {
 			path = "/"
 		}
-		paths[st.Ino] = path
+		paths[st.Ino] = entry{path: path}
 		return nil
 	})
 	r.paths, r.lastWalk = paths, time.Now()
