@@ -1,15 +1,15 @@
 package tracer
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/acceptwatch/acceptwatch/tracer/cgroups"
 	"golang.org/x/sys/unix"
 )
 
@@ -103,7 +103,7 @@ func (e *extras) attachSynCounter(spec *ebpf.CollectionSpec, opts ebpf.Collectio
 // note says when what was found is not the hierarchy's root (a cgroup
 // namespace or a bind mount): then only sockets below it are seen.
 func cgroup2Root() (_ *os.File, note string, _ error) {
-	mnt, root, err := findCgroup2()
+	mnt, root, err := cgroups.Find()
 	if err != nil {
 		return nil, "", err
 	}
@@ -133,66 +133,4 @@ func cgroup2Root() (_ *os.File, note string, _ error) {
 		return nil, "", fmt.Errorf("opening the cgroup v2 root: %w", err)
 	}
 	return f, " (mounted for the moment of attaching)", nil
-}
-
-// findCgroup2 returns the mount point of a cgroup2 file system and the path
-// of the hierarchy it shows (mountinfo's fourth field), preferring a mount
-// of the whole hierarchy; "" if there is none.
-func findCgroup2() (mnt, root string, _ error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", "", fmt.Errorf("reading mounts: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		before, after, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		if fstype, _, _ := strings.Cut(after, " "); fstype != "cgroup2" {
-			continue
-		}
-		// ID parent major:minor root mountpoint options...
-		fields := strings.Fields(before)
-		if len(fields) < 5 {
-			continue
-		}
-		r, m := unescapeMount(fields[3]), unescapeMount(fields[4])
-		if mnt == "" || (root != "/" && r == "/") {
-			mnt, root = m, r
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", "", fmt.Errorf("reading mounts: %w", err)
-	}
-	return mnt, root, nil
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v byte
-			ok := true
-			for _, c := range []byte(s[i+1 : i+4]) {
-				if c < '0' || c > '7' {
-					ok = false
-					break
-				}
-				v = v*8 + c - '0'
-			}
-			if ok {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

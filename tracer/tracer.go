@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/acceptwatch/acceptwatch/report"
+	"github.com/acceptwatch/acceptwatch/tracer/cgroups"
 )
 
 // Attach modes, in the order "auto" tries them.
@@ -88,6 +89,7 @@ type Tracer struct {
 	// The reader's deadline is in the past (a read returns at once).
 	deadlinePast bool
 	comm         commCache
+	cgroups      *cgroups.Resolver // nil without cgroup v2: events then carry no path
 
 	start, windowStart time.Time
 	prev               map[addrKey]acceptwatchAddrStats
@@ -284,8 +286,13 @@ func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache
 	if err != nil {
 		return nil, fmt.Errorf("loading programs: %w", err)
 	}
+	cgs, err := cgroups.NewResolver()
+	if err != nil {
+		logf("cgroup paths on events: %v", err)
+	}
 	mono, wall := monotonicNow()
 	t := &Tracer{
+		cgroups:    cgs,
 		mode:       mode,
 		synCounter: ex.syn,
 		maps:       maps,
@@ -473,6 +480,7 @@ func (t *Tracer) Read(ev *report.Event, wait time.Duration) (bool, error) {
 	if err := decodeEvent(t.rec.RawSample, t.bootWall, ev, &t.comm); err != nil {
 		return false, err
 	}
+	ev.Cgroup, ev.Container = t.cgroups.Lookup(ev.CgroupID)
 	return true, nil
 }
 

@@ -3,13 +3,14 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/acceptwatch/acceptwatch/tracer/cgroups"
 )
 
 // hook is one place acceptwatch attaches programs. Empty programs (return 0)
@@ -99,30 +100,13 @@ var cgroupIngress = hook{
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
 	},
 	attach: func(p *ebpf.Program) ([]link.Link, error) {
-		root, err := cgroup2Mount()
+		root, err := cgroups.Mount()
 		if err != nil {
 			return nil, err
 		}
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: root, Attach: ebpf.AttachCGroupInetIngress, Program: p})
 		return []link.Link{l}, err
 	},
-}
-
-// cgroup2Mount is where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup,
-// or /sys/fs/cgroup/unified on hybrid systems).
-func cgroup2Mount() (string, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		pre, post, ok := strings.Cut(line, " - ")
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if ok && len(f) >= 5 && len(g) >= 1 && g[0] == "cgroup2" && f[3] == "/" {
-			return f[4], nil
-		}
-	}
-	return "", errors.New("no cgroup v2 hierarchy mounted")
 }
 
 // tcpHooks are the hooks every attach mode loads: the BTF tracepoints of
