@@ -29,7 +29,7 @@ static __always_inline void handle_accept(bool direct, bool tcp, struct sock *sk
 
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
-	__u8 fam = watched(&c, lport, &key, laddr);
+	__u8 fam = watched(direct, sk, &c, lport, &key, laddr);
 
 	if (!fam)
 		return;
@@ -61,7 +61,7 @@ static __always_inline void handle_accept(bool direct, bool tcp, struct sock *sk
 		d.backlog_limit = RD(direct, lsk, sk_max_ack_backlog);
 	}
 	count_addr(&key, &d, now);
-	count_port(lport, &d);
+	count_port(key.netns, lport, &d);
 	if (!emit_events)
 		return;
 
@@ -75,6 +75,8 @@ static __always_inline void handle_accept(bool direct, bool tcp, struct sock *sk
 	e->queue_wait_ns = d.wait_ns;
 	__builtin_memcpy(e->laddr, laddr, 16);
 	__builtin_memcpy(e->raddr, key.addr, 16);
+	e->netns = key.netns;
+	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->pid = tgid;
 	e->backlog = d.backlog;
 	e->backlog_max = d.backlog_limit;

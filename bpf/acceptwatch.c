@@ -11,6 +11,7 @@ char LICENSE[] SEC("license") = "GPL";
 const struct event *unused_event __attribute__((unused));
 const struct port_stats *unused_port_stats __attribute__((unused));
 const struct addr_key *unused_addr_key __attribute__((unused));
+const struct port_key *unused_port_key __attribute__((unused));
 const struct addr_stats *unused_addr_stats __attribute__((unused));
 const enum stat *unused_stat __attribute__((unused));
 const enum event_kind *unused_event_kind __attribute__((unused));

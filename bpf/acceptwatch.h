@@ -26,6 +26,8 @@ struct event {
 	__u64 queue_wait_ns; /* handshake to accept; valid with EVENT_F_WAIT */
 	__u8 laddr[16];
 	__u8 raddr[16];
+	__u64 cgroup_id; /* the acceptor's cgroup v2 id (0: none, v1-only) */
+	__u32 netns; /* the accepted socket's network namespace (inode) */
 	__u32 pid; /* thread group id of the acceptor */
 	__u32 backlog; /* listener's queue when taken, this one included */
 	__u32 backlog_max; /* listener's limit; valid with EVENT_F_BACKLOG */
@@ -48,9 +50,18 @@ enum event_flags {
 	EVENT_F_GONE = 4,    /* client had closed or reset before the accept */
 };
 
-/* Key of the per-remote-address counters. */
+/* Key of the per-remote-address counters: every count is per network
+ * namespace (its inode; 0 where a SYN counter could not tell). */
 struct addr_key {
 	__u8 addr[16];
+	__u32 netns;
+};
+
+/* Key of the per-port counters. */
+struct port_key {
+	__u32 netns;
+	__u16 port;
+	__u16 _pad;
 };
 
 /* The fields every accept and handshake writes come first, together (one

@@ -30,7 +30,10 @@ int BPF_PROG(aw_drop, struct sk_buff *skb, void *location, int reason)
 
 	struct addr_key key = {};
 
-	if (!pkt_watched(ip, ver, lport, &key))
+	/* The namespace of the device it came in by: the listener's. */
+	struct net_device *dev = skb->dev;
+
+	if (!port_watched(lport) || !dev || !pkt_watched(ip, ver, dev->nd_net.net->ns.inum, &key))
 		return 0;
 	struct delta d = { .drop = true };
 

@@ -18,6 +18,7 @@ const volatile bool filter_ports = false; /* false: every port */
 const volatile bool emit_events = true;   /* false: counters only (--quiet) */
 const volatile __u64 wakeup_bytes = 0;    /* wake the reader once this much is queued */
 const volatile bool count_addrs = true;   /* false: per-port counters only (metrics without top addresses) */
+const volatile __u32 target_netns = 0;    /* 0: every network namespace (else its inode): --netns */
 
 /* Bumped by user space at each --interval boundary. */
 volatile __u32 window_id = 0;
@@ -67,7 +68,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);
+	__type(key, struct port_key);
 	__type(value, struct port_stats);
 } aw_lports SEC(".maps");
 
@@ -303,9 +304,15 @@ static __always_inline void count_addr(struct addr_key *key, struct delta *d, __
 	}
 }
 
-static __always_inline void count_port(__u16 lport, struct delta *d)
+/* A count in network namespace netns: every namespace, or the watched one. */
+static __always_inline bool netns_watched(__u32 netns)
 {
-	__u32 key = lport;
+	return !target_netns || netns == target_netns;
+}
+
+static __always_inline void count_port(__u32 netns, __u16 lport, struct delta *d)
+{
+	struct port_key key = { .netns = netns, .port = lport };
 	struct port_stats *ps = bpf_map_lookup_elem(&aw_lports, &key);
 
 	if (!ps) {

@@ -13,13 +13,15 @@
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
 
-/* A packet to a watched port from a family acceptwatch reports? Fills key
- * with its source address (IPv4 v4-mapped, as everywhere else). ip is an
- * IPv4 (ver 4) or IPv6 header whose fixed part the caller checked. */
-static __always_inline bool pkt_watched(const __u8 *ip, __u8 ver, __u16 lport, struct addr_key *key)
+/* A packet (the caller checked its port) in a watched namespace, from a
+ * family acceptwatch reports? Fills key with its source address (IPv4
+ * v4-mapped, as everywhere else) and netns. ip is an IPv4 (ver 4) or IPv6
+ * header whose fixed part the caller checked. */
+static __always_inline bool pkt_watched(const __u8 *ip, __u8 ver, __u32 netns, struct addr_key *key)
 {
-	if (!port_watched(lport))
+	if (!netns_watched(netns))
 		return false;
+	key->netns = netns;
 	if (ver == 4) {
 		key->addr[10] = key->addr[11] = 0xff;
 		__builtin_memcpy(&key->addr[12], ip + 12, 4);
@@ -32,5 +34,5 @@ static __always_inline bool pkt_watched(const __u8 *ip, __u8 ver, __u16 lport, s
 static __always_inline void pkt_count(struct addr_key *key, __u16 lport, struct delta *d)
 {
 	count_addr(key, d, bpf_ktime_get_ns());
-	count_port(lport, d);
+	count_port(key->netns, lport, d);
 }

@@ -15,11 +15,8 @@ struct tcp_sock;
  * only for a new connection: a SYN resent for a handshake under way goes to
  * its request socket, which the lookup finds first. Only a full queue pays
  * for the lookup. */
-static __always_inline bool syn_dropped(struct __sk_buff *skb, __u8 *ip, __u8 *th, __u8 ver)
+static __always_inline bool syn_dropped(struct __sk_buff *skb, struct sock *lsk, __u8 *ip, __u8 *th, __u8 ver)
 {
-	struct bpf_sock *bsk = skb->sk;
-	struct sock *lsk = bsk ? (struct sock *)bpf_skc_to_tcp_sock(bsk) : NULL;
-
 	/* sk_acceptq_is_full() */
 	if (!lsk || lsk->sk_ack_backlog <= lsk->sk_max_ack_backlog)
 		return false;
@@ -80,11 +77,19 @@ int aw_syn_skb(struct __sk_buff *skb)
 
 	struct addr_key key = {};
 
-	if (!pkt_watched(ip, ver, lport, &key))
+	if (!port_watched(lport))
+		return 1;
+	/* The listener the lookup found gives the namespace (a BTF pointer from
+	 * 5.9: direct loads). None (not a full TCP socket): namespace 0, shown
+	 * as unknown, and never counted when one namespace is watched. */
+	struct bpf_sock *bsk = skb->sk;
+	struct sock *lsk = bsk ? (struct sock *)bpf_skc_to_tcp_sock(bsk) : NULL;
+
+	if (!pkt_watched(ip, ver, lsk ? lsk->__sk_common.skc_net.net->ns.inum : 0, &key))
 		return 1;
 	struct delta d = { .syn = true };
 
-	d.drop = syn_dropped(skb, ip, th, ver);
+	d.drop = syn_dropped(skb, lsk, ip, th, ver);
 	pkt_count(&key, lport, &d);
 	return 1;
 }

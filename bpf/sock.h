@@ -89,13 +89,27 @@ static __always_inline __u8 skc_addrs(struct skc *c, __u8 laddr[16], __u8 raddr[
 	return 6;
 }
 
-/* A TCP socket of a family acceptwatch reports, on a watched port? Fills the
- * remote address key and returns the family (4 or 6), 0 to ignore. */
-static __always_inline __u8 watched(struct skc *c, __u16 lport, struct addr_key *key, __u8 laddr[16])
+/* A socket's network namespace (its inode), which every count is kept by:
+ * the socket's, never the current task's (softirq runs in anyone's). */
+static __always_inline __u32 sk_netns(bool direct, struct sock *sk)
+{
+	if (direct)
+		return sk->__sk_common.skc_net.net->ns.inum;
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* A TCP socket of a family acceptwatch reports, on a watched port and in a
+ * watched namespace? Fills the remote address key (with sk's namespace) and
+ * returns the family (4 or 6), 0 to ignore. */
+static __always_inline __u8 watched(bool direct, struct sock *sk, struct skc *c, __u16 lport,
+				    struct addr_key *key, __u8 laddr[16])
 {
 	if (c->family != AF_INET && c->family != AF_INET6)
 		return 0;
 	if (!port_watched(lport))
+		return 0;
+	key->netns = sk_netns(direct, sk);
+	if (!netns_watched(key->netns))
 		return 0;
 	__u8 fam = skc_addrs(c, laddr, key->addr);
 

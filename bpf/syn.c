@@ -35,10 +35,13 @@ static __always_inline void count_syn(bool direct, struct sock *lsk, struct sk_b
 	}
 	if (target_family && fam != target_family)
 		return;
+	key.netns = sk_netns(direct, lsk);
+	if (!netns_watched(key.netns))
+		return;
 	struct delta d = { .syn = true };
 
 	count_addr(&key, &d, bpf_ktime_get_ns());
-	count_port(lport, &d);
+	count_port(key.netns, lport, &d);
 }
 
 SEC("fentry/tcp_conn_request")

@@ -18,14 +18,14 @@ int BPF_PROG(aw_handshake, struct sock *sk, int oldstate, int newstate)
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
 
-	if (!port_watched(lport) || !load_skc(true, sk, &c) || !watched(&c, lport, &key, laddr))
+	if (!port_watched(lport) || !load_skc(true, sk, &c) || !watched(true, sk, &c, lport, &key, laddr))
 		return 0;
 
 	struct delta d = { .handshake = true };
 	__u64 now = bpf_ktime_get_ns();
 
 	count_addr(&key, &d, now);
-	count_port(lport, &d);
+	count_port(key.netns, lport, &d);
 
 	/* Already accepted (see handle_accept): nothing will wait. */
 	if (!sk->sk_socket)
@@ -48,12 +48,12 @@ int BPF_PROG(aw_destroy, struct sock *sk)
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
 
-	if (!load_skc(true, sk, &c) || !watched(&c, lport, &key, laddr))
+	if (!load_skc(true, sk, &c) || !watched(true, sk, &c, lport, &key, laddr))
 		return 0;
 	struct delta d = { .not_accepted = true };
 
 	count_addr(&key, &d, bpf_ktime_get_ns());
-	count_port(lport, &d);
+	count_port(key.netns, lport, &d);
 	return 0;
 }
 
@@ -67,11 +67,11 @@ int BPF_PROG(aw_synack, struct sock *lsk, struct sock *req)
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
 
-	if (!port_watched(lport) || !load_skc(true, req, &c) || !watched(&c, lport, &key, laddr))
+	if (!port_watched(lport) || !load_skc(true, req, &c) || !watched(true, req, &c, lport, &key, laddr))
 		return 0;
 	struct delta d = { .synack = true };
 
 	count_addr(&key, &d, bpf_ktime_get_ns());
-	count_port(lport, &d);
+	count_port(key.netns, lport, &d);
 	return 0;
 }

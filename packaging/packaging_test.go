@@ -247,12 +247,14 @@ func runUnit(t *testing.T, root string) {
 	srv.connect(t, "127.0.100.3", n)
 	srv.wait(t, n)
 	body, _ := httpGet(metricsURL)
-	want := fmt.Sprintf("acceptwatch_accepts_total{port=\"%d\"} %d\n", srv.port, n)
+	// Per-port series carry the socket's network namespace: the test's.
+	ns := selfNetNS(t)
+	want := fmt.Sprintf("acceptwatch_accepts_total{netns=\"%d\",port=\"%d\"} %d\n", ns, srv.port, n)
 	if !strings.Contains(body, want) {
 		t.Errorf("the service's metrics lack %q:\n%s", want, grep(body, "acceptwatch_accepts"))
 	}
 	// CAP_NET_ADMIN: the SYN counter attaches.
-	if want := fmt.Sprintf("acceptwatch_syns_total{port=\"%d\"} %d\n", srv.port, n); !strings.Contains(body, want) {
+	if want := fmt.Sprintf("acceptwatch_syns_total{netns=\"%d\",port=\"%d\"} %d\n", ns, srv.port, n); !strings.Contains(body, want) {
 		t.Errorf("the service's metrics lack %q:\n%s", want, grep(body, "syn"))
 	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
@@ -392,4 +394,14 @@ func exportedFamilies(t *testing.T) map[string]bool {
 	// acceptwatch_syns_total is absent where no SYN counter attaches.
 	out["acceptwatch_syns_total"] = true
 	return out
+}
+
+// selfNetNS is the inode of the test's network namespace.
+func selfNetNS(t *testing.T) uint64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
 }

@@ -39,17 +39,22 @@ const maxLines = 5
 // half-open handshakes, lost live events.
 func Findings(s Summary, th Thresholds) []string {
 	var out []string
+	multi := s.Namespaces() > 1
 	for _, p := range s.Listeners {
+		port := fmt.Sprintf("port %d", p.Port)
+		if multi {
+			port += " in netns " + NetNSLabel(s.NetNSNames, p.NetNS)
+		}
 		if p.Wait.Count > 0 && th.Wait > 0 && p.Wait.P99.Est() > th.Wait {
-			out = append(out, fmt.Sprintf("port %d: queue wait p99 %s is over %s: the server is slow to accept()",
-				p.Port, FormatQuantile(p.Wait.P99), FormatDuration(th.Wait)))
+			out = append(out, fmt.Sprintf("%s: queue wait p99 %s is over %s: the server is slow to accept()",
+				port, FormatQuantile(p.Wait.P99), FormatDuration(th.Wait)))
 		}
 		if p.BacklogLimit > 0 && p.BacklogMax > p.BacklogLimit {
-			out = append(out, fmt.Sprintf("port %d: accept queue reached its limit (%d/%d)", p.Port, p.BacklogMax, p.BacklogLimit))
+			out = append(out, fmt.Sprintf("%s: accept queue reached its limit (%d/%d)", port, p.BacklogMax, p.BacklogLimit))
 		}
 		if p.NotAccepted > 0 {
-			out = append(out, fmt.Sprintf("port %d: %d connections completed the handshake but closed before any accept()",
-				p.Port, p.NotAccepted))
+			out = append(out, fmt.Sprintf("%s: %d connections completed the handshake but closed before any accept()",
+				port, p.NotAccepted))
 		}
 	}
 	counter := map[string]uint64{}
@@ -68,7 +73,28 @@ func Findings(s Summary, th Thresholds) []string {
 	if n := counter["SyncookiesSent"]; n > 0 {
 		out = append(out, fmt.Sprintf("%d SYN cookies sent: a SYN queue overflowed (SYN flood?)", n))
 	}
-	out = append(out, floodFindings(s, th)...)
+	if multi {
+		// Each namespace's addresses against each other only: one
+		// namespace's clients are no median for another's.
+		byNS := map[uint32][]AddrStats{}
+		var order []uint32
+		for _, a := range s.Addresses {
+			if byNS[a.NetNS] == nil {
+				order = append(order, a.NetNS)
+			}
+			byNS[a.NetNS] = append(byNS[a.NetNS], a)
+		}
+		slices.Sort(order)
+		for _, ns := range order {
+			sub := s
+			sub.Addresses = byNS[ns]
+			for _, f := range floodFindings(sub, th) {
+				out = append(out, "netns "+NetNSLabel(s.NetNSNames, ns)+": "+f)
+			}
+		}
+	} else {
+		out = append(out, floodFindings(s, th)...)
+	}
 	if s.LostEvents > 0 {
 		out = append(out, fmt.Sprintf("%d live events lost (ring buffer full): some live lines are missing, the counts are exact", s.LostEvents))
 	}
@@ -91,7 +117,11 @@ func dropsByAddress(s Summary) string {
 			parts = append(parts, fmt.Sprintf("and %d more addresses", len(d)-i))
 			break
 		}
-		parts = append(parts, fmt.Sprintf("%s %d", Normalize(a.Addr), a.Drops))
+		who := Normalize(a.Addr).String()
+		if s.Namespaces() > 1 {
+			who += " (netns " + NetNSLabel(s.NetNSNames, a.NetNS) + ")"
+		}
+		parts = append(parts, fmt.Sprintf("%s %d", who, a.Drops))
 	}
 	return fmt.Sprintf("dropped for a full accept queue (%s), by address: %s", DropWhat(s.DropCounters), strings.Join(parts, ", "))
 }

@@ -43,6 +43,7 @@ const percentilesNote = "queue_wait p50_us/p99_us: the middle of p50_range_us/p9
 	"min_us/max_us are exact for the whole run and bounds in --interval windows"
 
 type jsonPort struct {
+	NetNS         uint32   `json:"netns"`
 	Port          uint16   `json:"port"`
 	Accepted      uint64   `json:"accepted"`
 	NotAccepted   uint64   `json:"not_accepted"`
@@ -55,6 +56,7 @@ type jsonPort struct {
 }
 
 type jsonAddr struct {
+	NetNS         uint32   `json:"netns"` // 0: unknown
 	Addr          string   `json:"addr"`
 	Accepted      uint64   `json:"accepted"`
 	Handshakes    uint64   `json:"handshakes"`
@@ -100,6 +102,7 @@ type jsonSummary struct {
 	SynCounter         *string           `json:"syn_counter"`
 	DropCounters       []string          `json:"drop_counters"`
 	KernelCounters     map[string]uint64 `json:"kernel_counters"`
+	CountersNetNS      uint32            `json:"kernel_counters_netns"` // 0: not said
 	Findings           []string          `json:"findings"`
 	Percentiles        string            `json:"percentiles"`
 	Listeners          []jsonPort        `json:"listeners"`
@@ -130,6 +133,18 @@ func (j *jsonWriter) Event(e Event) error {
 	b = strconv.AppendUint(b, uint64(e.PID), 10)
 	b = append(b, `,"comm":`...)
 	b = appendJSONString(b, Sanitize(e.Comm))
+	b = append(b, `,"netns":`...)
+	b = strconv.AppendUint(b, uint64(e.NetNS), 10)
+	b = append(b, `,"cgroup_id":`...)
+	b = strconv.AppendUint(b, e.CgroupID, 10)
+	if e.Cgroup != "" {
+		b = append(b, `,"cgroup":`...)
+		b = appendJSONString(b, Sanitize(e.Cgroup))
+	}
+	if e.Container != "" {
+		b = append(b, `,"container":`...)
+		b = appendJSONString(b, Sanitize(e.Container))
+	}
 	b = append(b, `,"family":`...)
 	b = strconv.AppendInt(b, int64(family(raddr)), 10)
 	b = append(b, `,"local_addr":"`...)
@@ -207,6 +222,7 @@ func (j *jsonWriter) Summary(s Summary) error {
 		TotalDrops:         u64If(s.TotalDrops, s.DropsCounted()),
 		DropCounters:       append([]string{}, s.DropCounters...),
 		KernelCounters:     map[string]uint64{},
+		CountersNetNS:      s.CountersNetNS,
 		Findings:           []string{},
 		Percentiles:        percentilesNote,
 		Listeners:          make([]jsonPort, len(s.Listeners)),
@@ -232,6 +248,7 @@ func (j *jsonWriter) Summary(s Summary) error {
 	}
 	for i, p := range s.Listeners {
 		out.Listeners[i] = jsonPort{
+			NetNS:         p.NetNS,
 			Port:          p.Port,
 			Accepted:      p.Accepted,
 			NotAccepted:   p.NotAccepted,
@@ -281,6 +298,7 @@ func (j *jsonWriter) Summary(s Summary) error {
 
 func addrJSON(s *Summary, a AddrStats) jsonAddr {
 	return jsonAddr{
+		NetNS:         a.NetNS,
 		Addr:          a.Addr.String(),
 		Accepted:      a.Accepted,
 		Handshakes:    a.Handshakes,

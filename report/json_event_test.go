@@ -14,6 +14,10 @@ type jsonAccept struct {
 	Time       string  `json:"time"`
 	PID        uint32  `json:"pid"`
 	Comm       string  `json:"comm"`
+	NetNS      uint32  `json:"netns"`
+	CgroupID   uint64  `json:"cgroup_id"`
+	Cgroup     string  `json:"cgroup,omitempty"`
+	Container  string  `json:"container,omitempty"`
 	Family     int     `json:"family"`
 	LocalAddr  string  `json:"local_addr"`
 	LocalPort  uint16  `json:"local_port"`
@@ -35,6 +39,7 @@ func viaEncodingJSON(t testing.TB, e Event) []byte {
 	raddr := Normalize(e.RemoteAddr)
 	if err := enc.Encode(jsonAccept{
 		Type: "accept", Time: e.Time.Format(time.RFC3339Nano), PID: e.PID, Comm: Sanitize(e.Comm),
+		NetNS: e.NetNS, CgroupID: e.CgroupID, Cgroup: Sanitize(e.Cgroup), Container: Sanitize(e.Container),
 		Family: family(raddr), LocalAddr: Normalize(e.LocalAddr).String(), LocalPort: e.LocalPort,
 		RemoteAddr: raddr.String(), RemotePort: e.RemotePort, QueueWait: usIf(e.QueueWait, e.HasWait),
 		Backlog: u32If(e.Backlog, e.HasBacklog), BacklogMax: u32If(e.BacklogMax, e.HasBacklog),

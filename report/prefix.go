@@ -70,15 +70,20 @@ type PrefixStats struct {
 // GroupByPrefix adds addrs up per network, sorted as SortAddresses sorts
 // addresses (by accepts, then handshakes, then network).
 func GroupByPrefix(addrs []AddrStats, p PrefixLen) []PrefixStats {
-	idx := map[netip.Prefix]int{}
+	// A network is grouped within its namespace: never across two.
+	type key struct {
+		pfx   netip.Prefix
+		netns uint32
+	}
+	idx := map[key]int{}
 	var out []PrefixStats
 	for _, a := range addrs {
 		pfx := p.Of(a.Addr)
-		i, ok := idx[pfx]
+		i, ok := idx[key{pfx, a.NetNS}]
 		if !ok {
 			i = len(out)
-			idx[pfx] = i
-			out = append(out, PrefixStats{Prefix: pfx, AddrStats: AddrStats{Addr: pfx.Addr()}})
+			idx[key{pfx, a.NetNS}] = i
+			out = append(out, PrefixStats{Prefix: pfx, AddrStats: AddrStats{Addr: pfx.Addr(), NetNS: a.NetNS}})
 		}
 		g := &out[i]
 		g.Addresses++

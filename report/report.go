@@ -11,6 +11,7 @@ import (
 	"cmp"
 	"net/netip"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -18,6 +19,10 @@ import (
 type Event struct {
 	Time       time.Time
 	PID        uint32
+	NetNS      uint32     // the accepted socket's network namespace (inode)
+	CgroupID   uint64     // the acceptor's cgroup v2 id; 0: unknown
+	Cgroup     string     // its path below the cgroup2 mount, "" if unknown
+	Container  string     // the container or unit that path names, "" if none
 	Comm       string     // raw from the kernel: may hold control chars/invalid UTF-8
 	LocalAddr  netip.Addr // already normalised: IPv4 clients of dual-stack listeners arrive as 4-byte addrs, but Normalize anyway
 	LocalPort  uint16
@@ -57,6 +62,7 @@ func (q Quantile) Precise() bool { return q.Hi-q.Lo <= q.Est()/10 }
 // AddrStats is one remote address's counts over a summary window.
 type AddrStats struct {
 	Addr       netip.Addr
+	NetNS      uint32 // network namespace (inode) the counts are from; 0: unknown
 	Accepted   uint64
 	Handshakes uint64
 	First      time.Time // zero if unknown
@@ -77,6 +83,7 @@ type AddrStats struct {
 // PortStats is one listening port's accept-queue view over a window.
 type PortStats struct {
 	Port          uint16
+	NetNS         uint32 // network namespace (inode)
 	Accepted      uint64
 	NotAccepted   uint64
 	SynackRetrans uint64
@@ -121,6 +128,35 @@ type Summary struct {
 	// sock_diag snapshot of NetNS); nil: none was taken.
 	Now   *ConnStates
 	NetNS uint64
+	// NetNSNames labels namespaces ("host", /run/netns names); rows of
+	// others show their inode.
+	NetNSNames map[uint32]string
+	// CountersNetNS is the namespace KernelCounters are of (0: not said).
+	CountersNetNS uint32
+}
+
+// NetNSLabel names namespace inode ns for a column: its label in names,
+// else the inode; 0 is a count whose namespace could not be told.
+func NetNSLabel(names map[uint32]string, ns uint32) string {
+	if ns == 0 {
+		return "unknown"
+	}
+	if n := names[ns]; n != "" {
+		return Sanitize(n)
+	}
+	return strconv.FormatUint(uint64(ns), 10)
+}
+
+// Namespaces counts the distinct network namespaces of the summary's rows.
+func (s *Summary) Namespaces() int {
+	seen := map[uint32]bool{}
+	for _, a := range s.Addresses {
+		seen[a.NetNS] = true
+	}
+	for _, p := range s.Listeners {
+		seen[p.NetNS] = true
+	}
+	return len(seen)
 }
 
 // SynsCounted says whether the Syns fields hold counts.
@@ -166,7 +202,7 @@ func SortAddresses(s []AddrStats) {
 		if c := cmp.Compare(b.Open+b.SynRecv, a.Open+a.SynRecv); c != 0 {
 			return c
 		}
-		return a.Addr.Compare(b.Addr)
+		return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.NetNS, b.NetNS))
 	})
 }
 

@@ -252,6 +252,7 @@ type jsonLine struct {
 	Time            string            `json:"time"`
 	PID             uint32            `json:"pid"`
 	Comm            string            `json:"comm"`
+	CgroupID        uint64            `json:"cgroup_id"`
 	Family          int               `json:"family"`
 	LocalAddr       string            `json:"local_addr"`
 	LocalPort       uint16            `json:"local_port"`
@@ -281,12 +282,14 @@ type jsonLine struct {
 	SynCounter      *string           `json:"syn_counter"`
 	DropCounters    []string          `json:"drop_counters"`
 	KernelCounters  map[string]uint64 `json:"kernel_counters"`
+	CountersNetNS   uint32            `json:"kernel_counters_netns"`
 	Findings        []string          `json:"findings"`
 	Percentiles     string            `json:"percentiles"`
 	Listeners       []json.RawMessage `json:"listeners"`
 	ConnectionsNow  json.RawMessage   `json:"connections_now"`
 	NetNS           *uint64           `json:"netns"`
 	Addresses       []struct {
+		NetNS         uint32          `json:"netns"`
 		Addr          string          `json:"addr"`
 		Accepted      uint64          `json:"accepted"`
 		Handshakes    uint64          `json:"handshakes"`
@@ -405,11 +408,11 @@ func TestJSONKeyOrder(t *testing.T) {
 	}
 	sc := bufio.NewScanner(&buf)
 	want := [][]string{
-		{"type", "time", "pid", "comm", "family", "local_addr", "local_port", "remote_addr", "remote_port",
+		{"type", "time", "pid", "comm", "netns", "cgroup_id", "family", "local_addr", "local_port", "remote_addr", "remote_port",
 			"queue_wait_us", "backlog", "backlog_max", "client_gone", "state"},
 		{"type", "final", "start", "end", "duration_s", "attach_mode", "ports", "total_accepted", "total_handshakes",
 			"lost_events", "address_overflow", "max_addresses", "total_not_accepted", "total_client_gone",
-			"total_synack_retrans", "total_syns", "total_drops", "syn_counter", "drop_counters", "kernel_counters",
+			"total_synack_retrans", "total_syns", "total_drops", "syn_counter", "drop_counters", "kernel_counters", "kernel_counters_netns",
 			"findings", "percentiles", "listeners", "connections_now", "netns", "addresses"},
 	}
 	for i := 0; sc.Scan(); i++ {

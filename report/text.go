@@ -19,6 +19,12 @@ type TextOptions struct {
 	Quiet bool
 	// Location for printed times; nil means time.Local.
 	Location *time.Location
+	// NetNS shows the NETNS column on live lines from the start; without
+	// it the column appears (with a new header) once a second namespace
+	// is seen, so that the one-namespace case keeps its 80 columns.
+	NetNS bool
+	// NetNSName labels a namespace inode on live lines (nil: the inode).
+	NetNSName func(uint32) string
 }
 
 // Live-line layout, like bcc's tcpaccept: address columns fit IPv4 so that a
@@ -37,6 +43,8 @@ type textWriter struct {
 	written bool // anything written before (live line or summary)
 	buf     bytes.Buffer
 	line    []byte // reused by Event
+	firstNS uint32 // the first event's namespace
+	nsSeen  bool
 	// The clock column of the last event's second: most lines share it.
 	clockSec int64
 	clock    []byte
@@ -64,8 +72,19 @@ func (t *textWriter) flush() error {
 func (t *textWriter) Event(e Event) error {
 	b := t.line[:0]
 	needHeader := !t.header && !t.opt.Quiet
+	if !t.nsSeen {
+		t.firstNS, t.nsSeen = e.NetNS, true
+	} else if !t.opt.NetNS && e.NetNS != t.firstNS {
+		t.opt.NetNS = true
+		needHeader = !t.opt.Quiet // the layout changes: say so
+	}
 	if needHeader {
-		b = append(b, liveHeader...)
+		if t.opt.NetNS {
+			b = append(b, liveHeader[:len(liveHeader)-1]...)
+			b = append(b, "              NETNS\n"...)
+		} else {
+			b = append(b, liveHeader...)
+		}
 	}
 	raddr := Normalize(e.RemoteAddr)
 	if sec := e.Time.Unix(); sec != t.clockSec || t.clock == nil {
@@ -100,12 +119,21 @@ func (t *textWriter) Event(e Event) error {
 		b = append(b, '-')
 	}
 	b = col(b, start, 8)
+	start = len(b)
 	if e.HasBacklog {
 		b = strconv.AppendUint(b, uint64(e.Backlog), 10)
 		b = append(b, '/')
 		b = strconv.AppendUint(b, uint64(e.BacklogMax), 10)
 	} else {
 		b = append(b, '-')
+	}
+	if t.opt.NetNS {
+		b = col(b, start, 15) // BL's 2 columns and what its values need
+		if t.opt.NetNSName != nil {
+			b = append(b, Sanitize(t.opt.NetNSName(e.NetNS))...)
+		} else {
+			b = strconv.AppendUint(b, uint64(e.NetNS), 10)
+		}
 	}
 	if e.ClientGone {
 		b = append(b, " client-gone"...)
@@ -155,17 +183,29 @@ func (t *textWriter) Summary(s Summary) error {
 	writeRows(b, &s, t.opt.Top, loc)
 
 	if len(s.Listeners) > 0 {
+		multi := s.Namespaces() > 1
 		cols := []string{"PORT", "ACCEPTED", "SYNS", "DROPS", "NOT_ACC", "SYNACK_RT", "BACKLOG_MAX", "WAIT_P50", "WAIT_P99", "WAIT_MAX"}
 		keep := countedColumns(&s, cols)
-		pt := table{align: strings.Repeat("r", len(cols))}
-		pt.add(keep(cols)...)
+		align := strings.Repeat("r", len(keep(cols)))
+		if multi {
+			align = "l" + align
+		}
+		pt := table{align: align}
+		row := func(cells []string, ns string) []string {
+			if multi {
+				return append([]string{ns}, keep(cells)...)
+			}
+			return keep(cells)
+		}
+		pt.add(row(cols, "NETNS")...)
 		for _, p := range s.Listeners {
 			bl := "-"
 			if p.BacklogLimit > 0 || p.BacklogMax > 0 {
 				bl = fmt.Sprintf("%d/%d", p.BacklogMax, p.BacklogLimit)
 			}
-			pt.add(keep([]string{strconv.Itoa(int(p.Port)), num(p.Accepted), num(p.Syns), num(p.Drops), num(p.NotAccepted),
-				num(p.SynackRetrans), bl, quant(p.Wait.P50, p.Wait.Count), quant(p.Wait.P99, p.Wait.Count), dur(p.Wait.Max, p.Wait.Count)})...)
+			pt.add(row([]string{strconv.Itoa(int(p.Port)), num(p.Accepted), num(p.Syns), num(p.Drops), num(p.NotAccepted),
+				num(p.SynackRetrans), bl, quant(p.Wait.P50, p.Wait.Count), quant(p.Wait.P99, p.Wait.Count), dur(p.Wait.Max, p.Wait.Count)},
+				NetNSLabel(s.NetNSNames, p.NetNS))...)
 		}
 		pt.write(b)
 	}
@@ -187,7 +227,11 @@ func (t *textWriter) Summary(s Summary) error {
 		}
 	}
 	if len(kc) > 0 {
-		fmt.Fprintf(b, "kernel counters: %s\n", strings.Join(kc, ", "))
+		where := ""
+		if s.CountersNetNS != 0 {
+			where = " (netns " + NetNSLabel(s.NetNSNames, s.CountersNetNS) + ")"
+		}
+		fmt.Fprintf(b, "kernel counters%s: %s\n", where, strings.Join(kc, ", "))
 	}
 	for _, f := range s.Findings {
 		fmt.Fprintf(b, "finding: %s\n", Sanitize(f))
@@ -260,10 +304,18 @@ func writeRows(b *bytes.Buffer, s *Summary, top int, loc *time.Location) {
 		head = []string{"NETWORK", "ADDRS"}
 		lead = func(r PrefixStats) []string { return []string{r.Prefix.String(), num(r.Addresses)} }
 	}
+	// Rows per (namespace, address) once there is more than one namespace.
+	nsCols := 0
+	if s.Namespaces() > 1 {
+		nsCols = 1
+		head = append([]string{"NETNS"}, head...)
+		inner := lead
+		lead = func(r PrefixStats) []string { return append([]string{NetNSLabel(s.NetNSNames, r.NetNS)}, inner(r)...) }
+	}
 	head = append(head, "ACCEPTED", "SYNS", "HANDSHAKES", "DROPS", "NOT_ACC", "GONE", "SYNACK_RT", "OPEN", "SYN_RECV",
 		"WAIT_P50", "WAIT_P99", "WAIT_MAX", "FIRST", "LAST")
 	cut := countedColumns(s, head)
-	align := "l" + strings.Repeat("r", len(head)-3) + "ll"
+	align := strings.Repeat("l", 1+nsCols) + strings.Repeat("r", len(head)-3-nsCols) + "ll"
 	tb := table{align: strings.Join(cut(strings.Split(align, "")), "")}
 	tb.add(cut(head)...)
 	for _, r := range rows {
@@ -281,6 +333,9 @@ func writeRows(b *bytes.Buffer, s *Summary, top int, loc *time.Location) {
 		tb.line("no connections")
 	}
 	total := []string{"TOTAL"}
+	if s.Namespaces() > 1 {
+		total = append(total, "")
+	}
 	if s.GroupByPrefix {
 		total = append(total, num(uint64(len(s.Addresses))))
 	}

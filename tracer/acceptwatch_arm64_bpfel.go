@@ -14,8 +14,9 @@ import (
 )
 
 type acceptwatchAddrKey struct {
-	_    structs.HostLayout
-	Addr [16]uint8
+	_     structs.HostLayout
+	Addr  [16]uint8
+	Netns uint32
 }
 
 type acceptwatchAddrStats struct {
@@ -42,6 +43,8 @@ type acceptwatchEvent struct {
 	QueueWaitNs uint64
 	Laddr       [16]uint8
 	Raddr       [16]uint8
+	CgroupId    uint64
+	Netns       uint32
 	Pid         uint32
 	Backlog     uint32
 	BacklogMax  uint32
@@ -52,7 +55,6 @@ type acceptwatchEvent struct {
 	State       uint8
 	Flags       uint8
 	Comm        [16]int8
-	_           [4]byte
 }
 
 type acceptwatchEventFlags uint32
@@ -74,6 +76,13 @@ type acceptwatchPending struct {
 	TsNs  uint64
 	Lport uint16
 	Pad   [3]uint16
+}
+
+type acceptwatchPortKey struct {
+	_     structs.HostLayout
+	Netns uint32
+	Port  uint16
+	Pad   uint16
 }
 
 type acceptwatchPortStats struct {
@@ -141,12 +150,14 @@ const (
 	acceptwatchVarFilterPorts          = "filter_ports"
 	acceptwatchVarListenOverflowReason = "listen_overflow_reason"
 	acceptwatchVarTargetFamily         = "target_family"
+	acceptwatchVarTargetNetns          = "target_netns"
 	acceptwatchVarTargetTgid           = "target_tgid"
 	acceptwatchVarUnusedAddrKey        = "unused_addr_key"
 	acceptwatchVarUnusedAddrStats      = "unused_addr_stats"
 	acceptwatchVarUnusedEvent          = "unused_event"
 	acceptwatchVarUnusedEventFlags     = "unused_event_flags"
 	acceptwatchVarUnusedEventKind      = "unused_event_kind"
+	acceptwatchVarUnusedPortKey        = "unused_port_key"
 	acceptwatchVarUnusedPortStats      = "unused_port_stats"
 	acceptwatchVarUnusedStat           = "unused_stat"
 	acceptwatchVarWakeupBytes          = "wakeup_bytes"
@@ -236,12 +247,14 @@ type acceptwatchVariableSpecs struct {
 	FilterPorts          *ebpf.VariableSpec `ebpf:"filter_ports"`
 	ListenOverflowReason *ebpf.VariableSpec `ebpf:"listen_overflow_reason"`
 	TargetFamily         *ebpf.VariableSpec `ebpf:"target_family"`
+	TargetNetns          *ebpf.VariableSpec `ebpf:"target_netns"`
 	TargetTgid           *ebpf.VariableSpec `ebpf:"target_tgid"`
 	UnusedAddrKey        *ebpf.VariableSpec `ebpf:"unused_addr_key"`
 	UnusedAddrStats      *ebpf.VariableSpec `ebpf:"unused_addr_stats"`
 	UnusedEvent          *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventFlags     *ebpf.VariableSpec `ebpf:"unused_event_flags"`
 	UnusedEventKind      *ebpf.VariableSpec `ebpf:"unused_event_kind"`
+	UnusedPortKey        *ebpf.VariableSpec `ebpf:"unused_port_key"`
 	UnusedPortStats      *ebpf.VariableSpec `ebpf:"unused_port_stats"`
 	UnusedStat           *ebpf.VariableSpec `ebpf:"unused_stat"`
 	WakeupBytes          *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -301,12 +314,14 @@ type acceptwatchVariables struct {
 	FilterPorts          *ebpf.Variable `ebpf:"filter_ports"`
 	ListenOverflowReason *ebpf.Variable `ebpf:"listen_overflow_reason"`
 	TargetFamily         *ebpf.Variable `ebpf:"target_family"`
+	TargetNetns          *ebpf.Variable `ebpf:"target_netns"`
 	TargetTgid           *ebpf.Variable `ebpf:"target_tgid"`
 	UnusedAddrKey        *ebpf.Variable `ebpf:"unused_addr_key"`
 	UnusedAddrStats      *ebpf.Variable `ebpf:"unused_addr_stats"`
 	UnusedEvent          *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventFlags     *ebpf.Variable `ebpf:"unused_event_flags"`
 	UnusedEventKind      *ebpf.Variable `ebpf:"unused_event_kind"`
+	UnusedPortKey        *ebpf.Variable `ebpf:"unused_port_key"`
 	UnusedPortStats      *ebpf.Variable `ebpf:"unused_port_stats"`
 	UnusedStat           *ebpf.Variable `ebpf:"unused_stat"`
 	WakeupBytes          *ebpf.Variable `ebpf:"wakeup_bytes"`

@@ -66,6 +66,7 @@ func (w *addrWindows) close() {
 // map was in use.
 type AddressCounts struct {
 	Addr          netip.Addr
+	NetNS         uint32 // network namespace inode; 0: unknown
 	Accepted      uint64
 	Handshakes    uint64
 	NotAccepted   uint64
@@ -135,10 +136,11 @@ func (w *addrWindows) drain(m *ebpf.Map, keep *retiredAddrs, fn func(AddressCoun
 	}
 	emit := func(k *acceptwatchAddrKey, v *acceptwatchAddrStats) {
 		if keep != nil {
-			keep.add(k.Addr, v)
+			keep.add(*k, v)
 		}
 		fn(AddressCounts{
-			Addr:          addrOfKey(k.Addr),
+			Addr:          addrOfKey(*k),
+			NetNS:         k.Netns,
 			Accepted:      v.Accepted,
 			Handshakes:    v.Handshakes,
 			NotAccepted:   v.NotAccepted,

@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -70,7 +71,7 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 	if err != nil {
 		return c, err
 	}
-	err = t.eachAddr(func(k [16]byte, v *acceptwatchAddrStats) {
+	err = t.eachAddr(func(k addrKey, v *acceptwatchAddrStats) {
 		d := *v
 		first := v.FirstNs
 		if window {
@@ -87,6 +88,7 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 		}
 		a := report.AddrStats{
 			Addr:          addrOfKey(k),
+			NetNS:         k.Netns,
 			Accepted:      d.Accepted,
 			Handshakes:    d.Handshakes,
 			First:         t.wall(first),
@@ -113,7 +115,7 @@ func (t *Tracer) collect(start time.Time, window bool) (Counts, error) {
 		return c, err
 	}
 
-	ns, nsErr := readNetstat()
+	ns, nsErr := t.readNetstat()
 	base := t.counters
 	if window {
 		base = t.prevCounters
@@ -172,21 +174,22 @@ func kernelCounters(ns, base netstat) []report.KernelCounter {
 }
 
 func (t *Tracer) collectPorts(c *Counts, window bool) error {
-	var port uint32
+	var port portKey
 	var perCPU []acceptwatchPortStats
 	it := t.lports.Iterate()
 	for it.Next(&port, &perCPU) {
 		v := mergePortStats(perCPU)
 		d := v
 		if window {
-			d = subPort(v, t.prevPorts[uint16(port)])
-			t.prevPorts[uint16(port)] = v
+			d = subPort(v, t.prevPorts[port])
+			t.prevPorts[port] = v
 			if d.Accepted+d.NotAccepted+d.SynackRetrans+d.Syns+d.Drops == 0 {
 				continue
 			}
 		}
 		c.Listeners = append(c.Listeners, report.PortStats{
-			Port:          uint16(port),
+			Port:          port.Port,
+			NetNS:         port.Netns,
 			Accepted:      d.Accepted,
 			NotAccepted:   d.NotAccepted,
 			SynackRetrans: d.SynackRetrans,
@@ -200,7 +203,9 @@ func (t *Tracer) collectPorts(c *Counts, window bool) error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading port counters: %w", err)
 	}
-	slices.SortFunc(c.Listeners, func(a, b report.PortStats) int { return int(a.Port) - int(b.Port) })
+	slices.SortFunc(c.Listeners, func(a, b report.PortStats) int {
+		return cmp.Or(cmp.Compare(a.Port, b.Port), cmp.Compare(a.NetNS, b.NetNS))
+	})
 	return nil
 }
 
@@ -373,7 +378,7 @@ func (t *Tracer) readStats() ([acceptwatchStatSTAT_MAX]uint64, error) {
 
 // eachAddr visits every address with its counts since the start: the
 // address map's, and what drained maps held (see retiredAddrs).
-func (t *Tracer) eachAddr(fn func([16]byte, *acceptwatchAddrStats)) error {
+func (t *Tracer) eachAddr(fn func(addrKey, *acceptwatchAddrStats)) error {
 	if t.retired != nil {
 		return t.retired.each(t.eachActive, fn)
 	}
@@ -383,7 +388,7 @@ func (t *Tracer) eachAddr(fn func([16]byte, *acceptwatchAddrStats)) error {
 // eachActive visits every entry of the address map, in batches where the
 // kernel supports it (1M entries one by one take seconds).
 // The batch buffers are kept for the next call (a live view reads every second).
-func (t *Tracer) eachActive(fn func([16]byte, *acceptwatchAddrStats)) error {
+func (t *Tracer) eachActive(fn func(addrKey, *acceptwatchAddrStats)) error {
 	const batch = 4096
 	if t.batchKeys == nil {
 		t.batchKeys = make([]acceptwatchAddrKey, batch)
@@ -394,7 +399,7 @@ func (t *Tracer) eachActive(fn func([16]byte, *acceptwatchAddrStats)) error {
 	for {
 		n, err := t.addrs.BatchLookup(&cursor, keys, vals, nil)
 		for i := 0; i < n; i++ {
-			fn(keys[i].Addr, &vals[i])
+			fn(keys[i], &vals[i])
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return nil
@@ -410,7 +415,7 @@ func (t *Tracer) eachActive(fn func([16]byte, *acceptwatchAddrStats)) error {
 	var v acceptwatchAddrStats
 	it := t.addrs.Iterate()
 	for it.Next(&k, &v) {
-		fn(k.Addr, &v)
+		fn(k, &v)
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading address counters: %w", err)
@@ -418,8 +423,15 @@ func (t *Tracer) eachActive(fn func([16]byte, *acceptwatchAddrStats)) error {
 	return nil
 }
 
-func addrOfKey(k [16]byte) netip.Addr {
-	return netip.AddrFrom16(k).Unmap()
+// addrKey is an address map key: a remote address (IPv4 v4-mapped) in a
+// network namespace (its inode; 0: a SYN counter could not tell).
+type addrKey = acceptwatchAddrKey
+
+// portKey is a port map key: a listening port in a network namespace.
+type portKey = acceptwatchPortKey
+
+func addrOfKey(k addrKey) netip.Addr {
+	return netip.AddrFrom16(k.Addr).Unmap()
 }
 
 func (t *Tracer) wall(ns uint64) time.Time {

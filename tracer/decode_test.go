@@ -58,7 +58,7 @@ func TestDecodeEvent(t *testing.T) {
 
 func TestAddrOfKeyUnmaps(t *testing.T) {
 	k := netip.MustParseAddr("::ffff:127.0.0.2").As16()
-	if got := addrOfKey(k); got != netip.MustParseAddr("127.0.0.2") {
+	if got := addrOfKey(addrKey{Addr: k}); got != netip.MustParseAddr("127.0.0.2") {
 		t.Errorf("got %v", got)
 	}
 }

@@ -29,12 +29,12 @@ type Live struct {
 	// new ones in between: matching them in step reads this memory
 	// sequentially (a Go map of 100,000 addresses missed the cache on
 	// every lookup and cost a third of a refresh).
-	prevKeys []([16]byte)
+	prevKeys [](addrKey)
 	prevAcc  []uint64 // accepts
 	prevMono uint64   // CLOCK_MONOTONIC when that Read began, less insertSlack
-	curKeys  []([16]byte)
+	curKeys  [](addrKey)
 	curAcc   []uint64
-	index    map[[16]byte]int // prevKeys' positions, built only if the order ever differs
+	index    map[addrKey]int // prevKeys' positions, built only if the order ever differs
 	// The map's order holds from one Read to the next: true until a drained
 	// map's counts come in (retiredAddrs visits them in no set order, and
 	// the map in use after a swap has an order of its own).
@@ -49,7 +49,7 @@ const insertSlack = uint64(time.Millisecond)
 
 // before returns the address's accepts at the previous advancing Read; j is
 // the position where the walk through prevKeys stands.
-func (l *Live) before(k [16]byte, v *acceptwatchAddrStats, j *int) uint64 {
+func (l *Live) before(k addrKey, v *acceptwatchAddrStats, j *int) uint64 {
 	if *j < len(l.prevKeys) && l.prevKeys[*j] == k {
 		*j++
 		return l.prevAcc[*j-1]
@@ -64,7 +64,7 @@ func (l *Live) before(k [16]byte, v *acceptwatchAddrStats, j *int) uint64 {
 	// look it up (should the kernel ever order its entries otherwise, the
 	// counts stay right, only slower).
 	if l.index == nil {
-		l.index = make(map[[16]byte]int, len(l.prevKeys))
+		l.index = make(map[addrKey]int, len(l.prevKeys))
 		for i, pk := range l.prevKeys {
 			l.index[pk] = i
 		}
@@ -79,7 +79,7 @@ func (l *Live) before(k [16]byte, v *acceptwatchAddrStats, j *int) uint64 {
 // and what they gained since the previous Read. The pointer passed to a
 // visit function is valid only during that call.
 type AddrSample struct {
-	Key                               [16]byte // IPv4 is v4-mapped
+	Key                               addrKey // IPv4 is v4-mapped
 	Accepted, Handshakes, NotAccepted uint64
 	ClientGone, SynackRetrans, Syns   uint64
 	Drops                             uint64 // see Tracer.DropCounters
@@ -88,6 +88,9 @@ type AddrSample struct {
 	v                                 *acceptwatchAddrStats
 	t                                 *Tracer
 }
+
+// NetNS is the address's network namespace (inode; 0: unknown).
+func (s *AddrSample) NetNS() uint32 { return s.Key.Netns }
 
 // Addr is the remote address (IPv4 unmapped).
 func (s *AddrSample) Addr() netip.Addr { return addrOfKey(s.Key) }
@@ -141,7 +144,7 @@ func (l *Live) Read(advance bool, visit func(*AddrSample)) (LiveTotals, error) {
 	j := 0
 	l.ordered = t.retired == nil || len(t.retired.m) == 0
 	l.curKeys, l.curAcc = l.curKeys[:0], l.curAcc[:0]
-	err = t.eachAddr(func(k [16]byte, v *acceptwatchAddrStats) {
+	err = t.eachAddr(func(k addrKey, v *acceptwatchAddrStats) {
 		*s = AddrSample{
 			Key: k, t: t, v: v,
 			Accepted: v.Accepted, Handshakes: v.Handshakes, NotAccepted: v.NotAccepted,
@@ -166,7 +169,7 @@ func (l *Live) Read(advance bool, visit func(*AddrSample)) (LiveTotals, error) {
 	}
 	tot.addStats(stats)
 	tot.MissedRuns = t.recursionMisses()
-	ns, err := readNetstat()
+	ns, err := t.readNetstat()
 	if err != nil {
 		return tot, err
 	}

@@ -10,14 +10,14 @@ import (
 	"github.com/acceptwatch/acceptwatch/report"
 )
 
-func key(b byte) [16]byte { return [16]byte{15: b} }
+func key(b byte) addrKey { return addrKey{Addr: [16]byte{15: b}} }
 
 // before finds each address's previous counters whether the map gives the
 // old entries in the same order with new ones in between (the fast path) or,
 // should a kernel ever do so, in another order.
 func TestLiveBefore(t *testing.T) {
 	l := &Live{
-		prevKeys: [][16]byte{key(1), key(2), key(3)},
+		prevKeys: []addrKey{key(1), key(2), key(3)},
 		prevAcc:  []uint64{10, 20, 30},
 		prevMono: 1000,
 		ordered:  true,

@@ -7,7 +7,7 @@ package tracer
 // with the distinct addresses of the run, as the final summary's does; it is
 // kept only once such a view exists (Tracer.Live).
 type retiredAddrs struct {
-	m   map[[16]byte]*retiredAddr
+	m   map[addrKey]*retiredAddr
 	gen uint32 // visits so far
 	sum acceptwatchAddrStats
 }
@@ -18,11 +18,11 @@ type retiredAddr struct {
 }
 
 func newRetiredAddrs() *retiredAddrs {
-	return &retiredAddrs{m: map[[16]byte]*retiredAddr{}}
+	return &retiredAddrs{m: map[addrKey]*retiredAddr{}}
 }
 
 // add takes one entry of a map being drained.
-func (r *retiredAddrs) add(k [16]byte, v *acceptwatchAddrStats) {
+func (r *retiredAddrs) add(k addrKey, v *acceptwatchAddrStats) {
 	if e := r.m[k]; e != nil {
 		mergeAddr(&e.v, v)
 		return
@@ -34,12 +34,12 @@ func (r *retiredAddrs) add(k [16]byte, v *acceptwatchAddrStats) {
 // of the map in use (walked by active) added to its retired ones, then the
 // addresses only retired maps held. The pointer fn gets is valid during the
 // call only.
-func (r *retiredAddrs) each(active func(func([16]byte, *acceptwatchAddrStats)) error, fn func([16]byte, *acceptwatchAddrStats)) error {
+func (r *retiredAddrs) each(active func(func(addrKey, *acceptwatchAddrStats)) error, fn func(addrKey, *acceptwatchAddrStats)) error {
 	if len(r.m) == 0 {
 		return active(fn)
 	}
 	r.gen++
-	err := active(func(k [16]byte, v *acceptwatchAddrStats) {
+	err := active(func(k addrKey, v *acceptwatchAddrStats) {
 		e := r.m[k]
 		if e == nil {
 			fn(k, v)

@@ -16,18 +16,18 @@ func TestRetiredAddrs(t *testing.T) {
 	r.add(b, &acceptwatchAddrStats{Accepted: 3, FirstNs: 150, LastNs: 160, WaitMinNs: none})
 	r.add(a, &acceptwatchAddrStats{Accepted: 4, Handshakes: 4, FirstNs: 300, LastNs: 400, WaitMinNs: 20, WaitMaxNs: 50, WaitHist: [30]uint32{2: 3, 4: 1}})
 	// In use: a and c.
-	active := func(fn func([16]byte, *acceptwatchAddrStats)) error {
+	active := func(fn func(addrKey, *acceptwatchAddrStats)) error {
 		fn(a, &acceptwatchAddrStats{Accepted: 2, Gone: 1, FirstNs: 500, LastNs: 600, WaitMinNs: none, Window: 3, WindowFirstNs: 550})
 		fn(c, &acceptwatchAddrStats{Accepted: 1, FirstNs: 510, LastNs: 510, WaitMinNs: none})
 		return nil
 	}
 	for round := range 2 {
 		got := map[byte]acceptwatchAddrStats{}
-		err := r.each(active, func(k [16]byte, v *acceptwatchAddrStats) {
-			if _, dup := got[k[15]]; dup {
-				t.Errorf("round %d: address %d visited twice", round, k[15])
+		err := r.each(active, func(k addrKey, v *acceptwatchAddrStats) {
+			if _, dup := got[k.Addr[15]]; dup {
+				t.Errorf("round %d: address %d visited twice", round, k.Addr[15])
 			}
-			got[k[15]] = *v
+			got[k.Addr[15]] = *v
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -44,7 +44,7 @@ func TestRetiredAddrs(t *testing.T) {
 	// Nothing retired: the map in use as it is.
 	empty := newRetiredAddrs()
 	n := 0
-	if err := empty.each(active, func([16]byte, *acceptwatchAddrStats) { n++ }); err != nil || n != 2 {
+	if err := empty.each(active, func(addrKey, *acceptwatchAddrStats) { n++ }); err != nil || n != 2 {
 		t.Errorf("nothing retired: %d visits, %v", n, err)
 	}
 }

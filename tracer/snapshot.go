@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -10,6 +11,7 @@ import (
 // PortCounters is one listening port's counters since the tracer started.
 type PortCounters struct {
 	Port          uint16
+	NetNS         uint32 // network namespace inode
 	Accepted      uint64
 	Handshakes    uint64
 	NotAccepted   uint64
@@ -111,13 +113,14 @@ func (t *Tracer) Snapshot(drain func(AddressCounts)) (Snapshot, error) {
 	} else if err := t.addrWin.slot.Put(uint32(0), t.addrWin.active()); err != nil {
 		return s, fmt.Errorf("waiting for running programs: %w", err)
 	}
-	var port uint32
+	var port portKey
 	var perCPU []acceptwatchPortStats
 	it := t.lports.Iterate()
 	for it.Next(&port, &perCPU) {
 		v := mergePortStats(perCPU)
 		p := PortCounters{
-			Port:          uint16(port),
+			Port:          port.Port,
+			NetNS:         port.Netns,
 			Accepted:      v.Accepted,
 			Handshakes:    v.Handshakes,
 			NotAccepted:   v.NotAccepted,
@@ -145,7 +148,9 @@ func (t *Tracer) Snapshot(drain func(AddressCounts)) (Snapshot, error) {
 	if err := it.Err(); err != nil {
 		return s, fmt.Errorf("reading port counters: %w", err)
 	}
-	slices.SortFunc(s.Ports, func(a, b PortCounters) int { return int(a.Port) - int(b.Port) })
+	slices.SortFunc(s.Ports, func(a, b PortCounters) int {
+		return cmp.Or(cmp.Compare(a.Port, b.Port), cmp.Compare(a.NetNS, b.NetNS))
+	})
 
 	stats, err := t.readStats()
 	if err != nil {
@@ -160,7 +165,7 @@ func (t *Tracer) Snapshot(drain func(AddressCounts)) (Snapshot, error) {
 		PortsOverflow:      stats[acceptwatchStatSTAT_PORTS_FULL],
 		MissedRuns:         t.recursionMisses(),
 	}
-	if ns, err := readNetstat(); err == nil {
+	if ns, err := t.readNetstat(); err == nil {
 		for i, name := range netstatNames {
 			s.Kernel = append(s.Kernel, KernelCounter{Name: name, Value: ns[i]})
 		}

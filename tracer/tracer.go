@@ -41,13 +41,17 @@ const PollInterval = 100 * time.Millisecond
 
 // Config says what to trace. The zero value traces every port, process and family.
 type Config struct {
-	Attach       string   // ModeAuto or one of Modes; "" means auto
-	Ports        []uint16 // watched local ports; empty: all
-	PID          uint32   // acceptor's process id; 0: all
-	Family       int      // 4 or 6; 0: both
-	MaxAddresses uint32   // capacity of the address map; 0: DefaultMaxAddresses
-	LiveEvents   bool     // send a live event per accept (false: counters only)
-	NoSynCounter bool     // count no SYNs: no per-packet program, no tcp_conn_request hook
+	Attach string   // ModeAuto or one of Modes; "" means auto
+	Ports  []uint16 // watched local ports; empty: all
+	PID    uint32   // acceptor's process id; 0: all
+	NetNS  uint32   // network namespace (inode) whose sockets are counted; 0: all
+	// NetNSPath is that namespace's nsfs file: the kernel counters (TcpExt)
+	// are read inside it. "": acceptwatch's own namespace.
+	NetNSPath    string
+	Family       int    // 4 or 6; 0: both
+	MaxAddresses uint32 // capacity of the address map; 0: DefaultMaxAddresses
+	LiveEvents   bool   // send a live event per accept (false: counters only)
+	NoSynCounter bool   // count no SYNs: no per-packet program, no tcp_conn_request hook
 	// NoAddresses turns per-address counting off: per-port counters only
 	// (metrics without top addresses). The address map then holds 1 entry.
 	NoAddresses bool
@@ -86,10 +90,11 @@ type Tracer struct {
 	comm         commCache
 
 	start, windowStart time.Time
-	prev               map[[16]byte]acceptwatchAddrStats
-	prevPorts          map[uint16]acceptwatchPortStats
+	prev               map[addrKey]acceptwatchAddrStats
+	prevPorts          map[portKey]acceptwatchPortStats
 	prevStats          [acceptwatchStatSTAT_MAX]uint64
 	prevMissed         uint64
+	netnsPath          string  // Config.NetNSPath
 	counters           netstat // TcpExt at start
 	prevCounters       netstat
 }
@@ -188,6 +193,7 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	consts := map[string]any{
 		"target_tgid":   cfg.PID,
 		"target_family": uint8(cfg.Family),
+		"target_netns":  cfg.NetNS,
 		"filter_ports":  len(cfg.Ports) > 0,
 		"emit_events":   cfg.LiveEvents,
 		// A sixteenth of the ring: a batch big enough to amortise a wakeup,
@@ -289,8 +295,9 @@ func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache
 		window:     maps.Variables["window_id"],
 		blEpoch:    maps.Variables["backlog_epoch"],
 		bootWall:   wall.Add(-mono),
-		prev:       map[[16]byte]acceptwatchAddrStats{},
-		prevPorts:  map[uint16]acceptwatchPortStats{},
+		prev:       map[addrKey]acceptwatchAddrStats{},
+		prevPorts:  map[portKey]acceptwatchPortStats{},
+		netnsPath:  cfg.NetNSPath,
 	}
 	defer func() {
 		if err != nil {
@@ -364,7 +371,7 @@ func openMode(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache
 	if t.synCounter == "" && !cfg.NoSynCounter {
 		logf("SYN counter: none in attach mode %s: SYNS not counted", mode)
 	}
-	t.counters, _ = readNetstat()
+	t.counters, _ = t.readNetstat()
 	t.prevCounters = t.counters
 	t.start = time.Now()
 	t.windowStart = t.start
@@ -506,6 +513,8 @@ func decodeEvent(raw []byte, bootWall time.Time, ev *report.Event, comms *commCa
 	*ev = report.Event{
 		Time:       bootWall.Add(time.Duration(e.TsNs)),
 		PID:        e.Pid,
+		NetNS:      e.Netns,
+		CgroupID:   e.CgroupId,
 		Comm:       comms.get(e.Comm),
 		LocalAddr:  addrFrom16(e.Laddr, e.Family),
 		LocalPort:  e.Lport,

@@ -319,7 +319,14 @@ type server struct {
 
 func listen(t *testing.T) *server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "[::]:0") // dual-stack: IPv4 clients arrive v4-mapped
+	return listenAt(t, "[::]:0") // dual-stack: IPv4 clients arrive v4-mapped
+}
+
+// listenAt is listen on the address addr, in the calling thread's network
+// namespace.
+func listenAt(t *testing.T, addr string) *server {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -412,6 +419,9 @@ type jsonEvent struct {
 	Time       string `json:"time"`
 	PID        int    `json:"pid"`
 	Comm       string `json:"comm"`
+	NetNS      uint32 `json:"netns"`
+	CgroupID   uint64 `json:"cgroup_id"`
+	Cgroup     string `json:"cgroup"`
 	Family     int    `json:"family"`
 	LocalAddr  string `json:"local_addr"`
 	LocalPort  int    `json:"local_port"`
@@ -445,10 +455,12 @@ type jsonSummary struct {
 	LostEvents         uint64            `json:"lost_events"`
 	AddressOverflow    uint64            `json:"address_overflow"`
 	KernelCounters     map[string]uint64 `json:"kernel_counters"`
+	CountersNetNS      uint32            `json:"kernel_counters_netns"`
 	Findings           []string          `json:"findings"`
 	ConnectionsNow     *snapStates       `json:"connections_now"`
 	NetNS              *uint64           `json:"netns"`
 	Listeners          []struct {
+		NetNS        uint32    `json:"netns"`
 		Port         int       `json:"port"`
 		Accepted     uint64    `json:"accepted"`
 		NotAccepted  uint64    `json:"not_accepted"`
@@ -459,6 +471,7 @@ type jsonSummary struct {
 		QueueWait    jsonWaits `json:"queue_wait"`
 	} `json:"listeners"`
 	Addresses []struct {
+		NetNS         uint32    `json:"netns"`
 		Addr          string    `json:"addr"`
 		Accepted      uint64    `json:"accepted"`
 		Handshakes    uint64    `json:"handshakes"`

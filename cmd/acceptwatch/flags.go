@@ -18,6 +18,8 @@ import (
 type options struct {
 	ports             []string
 	pid               uint32
+	netns             string // --netns as given
+	netnsColumn       bool
 	ipv4, ipv6        bool
 	duration          time.Duration
 	interval          time.Duration
@@ -49,6 +51,8 @@ type options struct {
 	docs              docOptions
 
 	pidSet    bool             // --pid was given (0 is then an error)
+	netnsIno  uint32           // --netns resolved: the namespace's inode
+	netnsPath string           // and a file to enter it by
 	portList  []uint16         // parsed from ports
 	portNames []string         // normalised, for display: sorted, ranges merged
 	prefixLen report.PrefixLen // parsed from prefix
@@ -78,6 +82,7 @@ const examples = `Examples:
   sudo acceptwatch -port 22 --interval 10s  # a summary every 10 s
   sudo acceptwatch -port 80 -o json | jq .  # one JSON object per line
   sudo acceptwatch -port 443 -o top         # live table of the busiest addresses; q quits
+  sudo acceptwatch -port 80 --netns web     # only namespace /run/netns/web
   sudo acceptwatch -v --attach tracepoint   # force a mode; -v says why others failed
   acceptwatch --snapshot -port 80,443       # who is connected now (no BPF, no root)
   sudo acceptwatch -port 443 -q --group-by prefix --prefix 16,48  # rows per network
@@ -91,6 +96,8 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.SortFlags = false
 	fs.StringSliceVarP(&o.ports, "port", "P", nil, "local `ports` to watch: 80, 80,443, 8000-8100; repeatable (default all)")
 	fs.Uint32VarP(&o.pid, "pid", "p", 0, "only accepts by this process `id` (handshakes are counted for every process; default every process)")
+	fs.StringVar(&o.netns, "netns", "", "only this network `namespace`: /proc/PID/ns/net, /run/netns/NAME, NAME or an inode (default every namespace)")
+	fs.BoolVar(&o.netnsColumn, "netns-column", false, "live lines: the NETNS column from the start (it appears once a second namespace is seen)")
 	fs.BoolVarP(&o.ipv4, "ipv4", "4", false, "IPv4 only (IPv4 clients of dual-stack listeners included)")
 	fs.BoolVarP(&o.ipv6, "ipv6", "6", false, "IPv6 only")
 	fs.DurationVarP(&o.duration, "duration", "d", 0, "stop after this long, e.g. 30s, 5m (0: until Ctrl-C)")
@@ -152,6 +159,13 @@ func parseFlags(args []string) (*options, *pflag.FlagSet, error) {
 		return nil, fs, usagef("unexpected argument %q (ports go after -port)", fs.Arg(0))
 	}
 	o.pidSet = fs.Changed("pid")
+	if fs.Changed("netns") {
+		ino, path, err := resolveNetNS(o.netns)
+		if err != nil {
+			return nil, fs, err
+		}
+		o.netnsIno, o.netnsPath = ino, path
+	}
 	if fs.Changed("port") && len(o.ports) == 0 {
 		return nil, fs, usagef(`invalid port "": empty`)
 	}

@@ -67,6 +67,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Attach:       o.attach,
 		Ports:        o.portList,
 		PID:          o.pid,
+		NetNS:        o.netnsIno,
+		NetNSPath:    o.netnsPath,
 		MaxAddresses: o.maxAddresses,
 		// --count needs the events to count them, even with -q; the live
 		// table reads only the counters.
@@ -98,7 +100,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		out := bufio.NewWriterSize(stdout, 64<<10)
 		err = serveMetrics(ctx, o, t, o.writer(out), out, stderr)
 	} else if err = writeReady(o.readyFile, t.Mode()); err == nil {
-		l := &loop{o: o, t: t, now: openConnectionsNow(), base: base, stderr: stderr}
+		l := &loop{o: o, t: t, now: openConnectionsNow(o.netnsPath), base: base, stderr: stderr}
 		defer l.now.Close()
 		if o.output == "top" {
 			err = runTop(ctx, l, stdout.(*os.File))
@@ -124,7 +126,7 @@ func (o *options) writer(out *bufio.Writer) report.Writer {
 	if o.output == "json" {
 		return report.NewJSON(out)
 	}
-	return report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet})
+	return report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet, NetNS: o.netnsColumn, NetNSName: netnsLabeler()})
 }
 
 // portsLabel names the watched ports: "port 80,443" or "all ports".
@@ -164,6 +166,8 @@ type loop struct {
 	now    *connectionsNow // who is connected, for each summary
 	base   *baseline.File  // --baseline, or nil
 	stderr io.Writer
+	// nsNames labels network namespaces in summaries (see names).
+	nsNames map[uint32]string
 }
 
 func (l *loop) run(ctx context.Context) error {
@@ -296,6 +300,8 @@ func (l *loop) summary(final bool) (time.Time, error) {
 		Prefix:             l.o.prefixLen,
 		Listeners:          c.Listeners,
 		KernelCounters:     c.KernelCounters,
+		NetNSNames:         l.names(&c),
+		CountersNetNS:      l.countersNS(),
 	}
 	s.Findings = l.findings(s, &c)
 	l.now.add(&s, l.o)
@@ -311,6 +317,40 @@ func (l *loop) summary(final bool) (time.Time, error) {
 		fmt.Fprintf(l.stderr, "acceptwatch: baseline saved to %s\n", l.o.saveBaseline)
 	}
 	return c.End, err
+}
+
+// names labels the namespaces of c's rows (looked up again only when a
+// summary holds one not seen before).
+func (l *loop) names(c *tracer.Counts) map[uint32]string {
+	fresh := false
+	lookup := func(ns uint32) {
+		if _, ok := l.nsNames[ns]; !ok && ns != 0 && !fresh {
+			l.nsNames, fresh = netnsNames(), true
+		}
+	}
+	for _, a := range c.Addresses {
+		lookup(a.NetNS)
+	}
+	for _, p := range c.Listeners {
+		lookup(p.NetNS)
+	}
+	return l.nsNames
+}
+
+// countersNS is the namespace the kernel counters are read in.
+func (l *loop) countersNS() uint32 {
+	if l.o.netnsIno != 0 {
+		return l.o.netnsIno
+	}
+	var st syscall.Stat_t
+	if syscall.Stat("/proc/self/ns/net", &st) != nil {
+		return 0
+	}
+	ns := uint32(st.Ino)
+	if _, ok := l.nsNames[ns]; !ok {
+		l.nsNames = netnsNames()
+	}
+	return ns
 }
 
 // findings are report.Findings, the baseline's comparison and the tracer's

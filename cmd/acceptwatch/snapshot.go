@@ -70,7 +70,13 @@ func (o *options) snapshotFilter() sockdiag.Filter {
 }
 
 func runSnapshot(o *options, stdout, stderr io.Writer) error {
-	snap, err := sockdiag.Take(o.snapshotFilter())
+	// --netns: the namespace's sockets (entering it needs CAP_SYS_ADMIN).
+	d, err := sockdiag.OpenIn(o.netnsPath)
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	defer d.Close()
+	snap, err := d.Snapshot(o.snapshotFilter())
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
@@ -141,8 +147,9 @@ type connectionsNow struct {
 	err error
 }
 
-func openConnectionsNow() *connectionsNow {
-	d, err := sockdiag.Open()
+// openConnectionsNow reads the namespace at nsPath ("": acceptwatch's).
+func openConnectionsNow(nsPath string) *connectionsNow {
+	d, err := sockdiag.OpenIn(nsPath)
 	return &connectionsNow{d: d, err: err}
 }
 
@@ -166,9 +173,13 @@ func (c *connectionsNow) add(s *report.Summary, o *options) {
 	}
 	now := group(&snap.States)
 	s.Now, s.NetNS = &now, snap.NetNS
+	// The snapshot is of one namespace: only its rows get its counts.
+	ns := uint32(snap.NetNS)
 	at := make(map[netip.Addr]int, len(s.Addresses))
 	for i, a := range s.Addresses {
-		at[report.Normalize(a.Addr)] = i
+		if a.NetNS == ns {
+			at[report.Normalize(a.Addr)] = i
+		}
 	}
 	for _, a := range snap.Addrs {
 		i, ok := at[a.Addr]
@@ -177,7 +188,7 @@ func (c *connectionsNow) add(s *report.Summary, o *options) {
 		}
 		if !ok {
 			i = len(s.Addresses)
-			s.Addresses = append(s.Addresses, report.AddrStats{Addr: a.Addr})
+			s.Addresses = append(s.Addresses, report.AddrStats{Addr: a.Addr, NetNS: ns})
 		}
 		s.Addresses[i].Open = uint64(a.States.Open())
 		s.Addresses[i].SynRecv = uint64(a.States.Get(sockdiag.StateSynRecv))

@@ -103,6 +103,8 @@ type topSource struct {
 	now      *connectionsNow
 	open     map[netip.Addr]nowAddr
 	nowPorts map[uint16]sockdiag.Port
+	nowNS    uint32 // the snapshot's network namespace: OPEN is only its rows'
+	nsNames  func(uint32) string
 	nowTime  time.Time     // of the last snapshot; zero: none yet
 	nowCost  time.Duration // what it took
 	nowErr   error
@@ -129,7 +131,7 @@ func (s *topSource) snapshot(now time.Time) {
 	if s.nowErr = err; err != nil {
 		return
 	}
-	s.nowTime, s.nowCost = snap.Time, snap.Dumped
+	s.nowTime, s.nowCost, s.nowNS = snap.Time, snap.Dumped, uint32(snap.NetNS)
 	if s.open == nil {
 		s.open, s.nowPorts = map[netip.Addr]nowAddr{}, map[uint16]sockdiag.Port{}
 	}
@@ -143,6 +145,14 @@ func (s *topSource) snapshot(now time.Time) {
 	for _, p := range snap.Ports {
 		s.nowPorts[p.Port] = p
 	}
+}
+
+// netnsName labels a namespace on port rows.
+func (s *topSource) netnsName(ns uint32) string {
+	if s.nsNames == nil {
+		s.nsNames = netnsLabeler()
+	}
+	return s.nsNames(ns)
 }
 
 var errStopped = errors.New("live table stopped")
@@ -201,7 +211,7 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 			NotAccepted: a.NotAccepted, SynackRetrans: a.SynackRetrans, Drops: a.Drops,
 		}
 		if find {
-			s.all = append(s.all, report.AddrStats{Addr: r.Addr, Accepted: r.Accepted, Handshakes: r.Handshakes,
+			s.all = append(s.all, report.AddrStats{Addr: r.Addr, NetNS: a.NetNS(), Accepted: r.Accepted, Handshakes: r.Handshakes,
 				NotAccepted: r.NotAccepted, SynackRetrans: r.SynackRetrans, Syns: r.Syns, Drops: r.Drops})
 		}
 		if q.Group {
@@ -213,11 +223,11 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 		full := func() {
 			w := a.Wait()
 			r.WaitP99, r.HasWait, r.Last = w.P99, w.Count > 0, a.Last()
-			if nowKnown && !byOpen {
+			if nowKnown && !byOpen && a.NetNS() == s.nowNS {
 				r.Open = s.open[r.Addr].open
 			}
 		}
-		if byOpen {
+		if byOpen && a.NetNS() == s.nowNS {
 			if n, ok := s.open[r.Addr]; ok {
 				r.Open = n.open
 				s.open[r.Addr] = nowAddr{open: n.open, seen: true}
@@ -341,9 +351,14 @@ const maxNamedPorts = 16
 
 func (s *topSource) ports(ls []report.PortStats) []top.Port {
 	out := make([]top.Port, 0, len(ls))
+	multi := (&report.Summary{Listeners: ls}).Namespaces() > 1
 	for _, p := range ls {
+		label := ""
+		if multi {
+			label = s.netnsName(p.NetNS)
+		}
 		out = append(out, top.Port{
-			Port: p.Port, Accepted: p.Accepted, NotAccepted: p.NotAccepted, SynackRetrans: p.SynackRetrans, Drops: p.Drops,
+			Port: p.Port, NetNS: p.NetNS, NetNSLabel: label, Accepted: p.Accepted, NotAccepted: p.NotAccepted, SynackRetrans: p.SynackRetrans, Drops: p.Drops,
 			BacklogMax: p.BacklogMax, BacklogLimit: p.BacklogLimit, WaitP99: p.Wait.P99, HasWait: p.Wait.Count > 0,
 		})
 	}
@@ -356,7 +371,9 @@ func (s *topSource) ports(ls []report.PortStats) []top.Port {
 		slices.SortFunc(out, func(a, b top.Port) int { return int(a.Port) - int(b.Port) })
 	}
 	for i := range out {
-		if p, ok := s.nowPorts[out[i].Port]; ok && len(p.Listeners) > 0 {
+		// The snapshot is of one namespace (the first row of a port is
+		// it when only one namespace has rows).
+		if p, ok := s.nowPorts[out[i].Port]; ok && len(p.Listeners) > 0 && (!multi || out[i].NetNS == s.nowNS) {
 			q, limit := p.Queue()
 			out[i].BacklogNow, out[i].NowLimit, out[i].HasNow = uint32(q), uint32(limit), true
 		}

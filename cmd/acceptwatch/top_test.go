@@ -117,7 +117,7 @@ func TestTopFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	l := &loop{o: o, t: tr, now: openConnectionsNow()}
+	l := &loop{o: o, t: tr, now: openConnectionsNow("")}
 	defer l.now.Close()
 	if l.now.err != nil {
 		t.Fatalf("no socket snapshot for OPEN: %v", l.now.err)

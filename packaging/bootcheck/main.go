@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -75,7 +76,12 @@ func check() error {
 	if err != nil {
 		return err
 	}
-	want := fmt.Sprintf("acceptwatch_accepts_total{port=\"%d\"} %d\n", port, conns)
+	// Per-port series carry the socket's network namespace: this one's.
+	var st syscall.Stat_t
+	if err := syscall.Stat("/proc/self/ns/net", &st); err != nil {
+		return err
+	}
+	want := fmt.Sprintf("acceptwatch_accepts_total{netns=\"%d\",port=\"%d\"} %d\n", st.Ino, port, conns)
 	if !strings.Contains(body, want) {
 		return fmt.Errorf("metrics lack %q", strings.TrimSpace(want))
 	}

@@ -61,6 +61,7 @@ type Rates struct {
 
 // Listener is one port's rates and queue waits.
 type Listener struct {
+	NetNS       string   `json:"netns,omitempty"` // namespace label (report.NetNSLabel); "" in older files: "host"
 	Port        uint16   `json:"port"`
 	AcceptsPerS float64  `json:"accepts_per_s"`
 	SynsPerS    *float64 `json:"syns_per_s"`
@@ -70,7 +71,8 @@ type Listener struct {
 
 // Address is one remote address's rates.
 type Address struct {
-	Addr string `json:"addr"`
+	NetNS string `json:"netns,omitempty"` // as Listener.NetNS
+	Addr  string `json:"addr"`
 	Rates
 }
 
@@ -104,7 +106,7 @@ func FromSummary(s report.Summary) *File {
 		f.SynsPerHandshake = &r
 	}
 	for _, p := range s.Listeners {
-		l := Listener{Port: p.Port, AcceptsPerS: rate(p.Accepted), SynsPerS: syns(p.Syns)}
+		l := Listener{NetNS: report.NetNSLabel(s.NetNSNames, p.NetNS), Port: p.Port, AcceptsPerS: rate(p.Accepted), SynsPerS: syns(p.Syns)}
 		if p.Wait.Count > 0 {
 			// Per port the middle of a percentile's range is within 3.2 %.
 			p50, p99 := p.Wait.P50.Est().Microseconds(), p.Wait.P99.Est().Microseconds()
@@ -113,10 +115,20 @@ func FromSummary(s report.Summary) *File {
 		f.Listeners = append(f.Listeners, l)
 	}
 	for _, a := range topAddresses(s.Addresses, TopAddresses) {
-		f.Addresses = append(f.Addresses, Address{Addr: report.Normalize(a.Addr).String(),
+		f.Addresses = append(f.Addresses, Address{NetNS: report.NetNSLabel(s.NetNSNames, a.NetNS), Addr: report.Normalize(a.Addr).String(),
 			Rates: Rates{AcceptsPerS: rate(a.Accepted), HandshakesPerS: rate(a.Handshakes), SynsPerS: syns(a.Syns)}})
 	}
 	return f
+}
+
+// nsKey is what baseline entries are matched by besides the port or
+// address: the namespace's label (a name is stable across runs, an inode
+// across one boot); files without one were made on the host.
+func nsKey(label string) string {
+	if label == "" {
+		return "host"
+	}
+	return label
 }
 
 // topAddresses returns the n addresses with the most SYNs plus accepts.

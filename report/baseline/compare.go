@@ -44,12 +44,16 @@ func Compare(f *File, s report.Summary, th Thresholds) []string {
 		return fmt.Sprintf("%s %s/s, baseline %s/s", report.FormatRate(r), what, report.FormatRate(*base)), true
 	}
 
-	ports := map[uint16]Listener{}
+	type portKey struct {
+		ns   string
+		port uint16
+	}
+	ports := map[portKey]Listener{}
 	for _, l := range f.Listeners {
-		ports[l.Port] = l
+		ports[portKey{nsKey(l.NetNS), l.Port}] = l
 	}
 	for _, p := range s.Listeners {
-		l, ok := ports[p.Port]
+		l, ok := ports[portKey{nsKey(report.NetNSLabel(s.NetNSNames, p.NetNS)), p.Port}]
 		if !ok {
 			if n := max(p.Accepted, p.Syns); n >= max(th.Min, 1) {
 				out = append(out, fmt.Sprintf("port %d: %s accepts/s, %s: port not in baseline", p.Port, report.FormatRate(rate(p.Accepted)), synsRate(s, p.Syns, rate)))
@@ -79,10 +83,14 @@ func Compare(f *File, s report.Summary, th Thresholds) []string {
 		}
 	}
 
-	known := map[netip.Addr]Address{}
+	type addrKey struct {
+		ns string
+		ip netip.Addr
+	}
+	known := map[addrKey]Address{}
 	for _, a := range f.Addresses {
 		ip, _ := parseAddr(a.Addr)
-		known[ip] = a
+		known[addrKey{nsKey(a.NetNS), ip}] = a
 	}
 	complete := f.AddressesSeen <= len(f.Addresses)
 	var lines []string
@@ -92,7 +100,7 @@ func Compare(f *File, s report.Summary, th Thresholds) []string {
 			break // sorted by SYNs plus accepts: the rest are smaller still
 		}
 		ip := report.Normalize(a.Addr)
-		b, ok := known[ip]
+		b, ok := known[addrKey{nsKey(report.NetNSLabel(s.NetNSNames, a.NetNS)), ip}]
 		if !ok {
 			where := "not in baseline"
 			if !complete {

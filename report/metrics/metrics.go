@@ -76,13 +76,13 @@ var portCounters = []struct {
 	value func(*tracer.PortCounters) uint64
 	syns  bool // only where the attach mode counts SYNs
 }{
-	{desc("accepts_total", "Connections taken from the port's accept queue by accept().", "port"), func(p *tracer.PortCounters) uint64 { return p.Accepted }, false},
-	{desc("handshakes_total", "TCP handshakes completed on the port (connections that entered its accept queue).", "port"), func(p *tracer.PortCounters) uint64 { return p.Handshakes }, false},
-	{desc("not_accepted_total", "Connections whose handshake completed and whose socket was closed before any accept() took it.", "port"), func(p *tracer.PortCounters) uint64 { return p.NotAccepted }, false},
-	{desc("client_gone_total", "Connections accepted after the client had already closed or reset them.", "port"), func(p *tracer.PortCounters) uint64 { return p.ClientGone }, false},
-	{desc("synack_retransmits_total", "SYN-ACKs the listener resent: handshakes the client had not completed (half-open connections).", "port"), func(p *tracer.PortCounters) uint64 { return p.SynackRetrans }, false},
-	{desc("syns_total", "SYNs that reached the listener.", "port"), func(p *tracer.PortCounters) uint64 { return p.Syns }, true},
-	{desc("accept_queue_drops_total", "Completed handshakes (final ACKs) dropped because the port's accept queue was full (kernels with the TCP_LISTEN_OVERFLOW drop reason).", "port"), func(p *tracer.PortCounters) uint64 { return p.Drops }, false},
+	{desc("accepts_total", "Connections taken from the port's accept queue by accept().", "netns", "port"), func(p *tracer.PortCounters) uint64 { return p.Accepted }, false},
+	{desc("handshakes_total", "TCP handshakes completed on the port (connections that entered its accept queue).", "netns", "port"), func(p *tracer.PortCounters) uint64 { return p.Handshakes }, false},
+	{desc("not_accepted_total", "Connections whose handshake completed and whose socket was closed before any accept() took it.", "netns", "port"), func(p *tracer.PortCounters) uint64 { return p.NotAccepted }, false},
+	{desc("client_gone_total", "Connections accepted after the client had already closed or reset them.", "netns", "port"), func(p *tracer.PortCounters) uint64 { return p.ClientGone }, false},
+	{desc("synack_retransmits_total", "SYN-ACKs the listener resent: handshakes the client had not completed (half-open connections).", "netns", "port"), func(p *tracer.PortCounters) uint64 { return p.SynackRetrans }, false},
+	{desc("syns_total", "SYNs that reached the listener.", "netns", "port"), func(p *tracer.PortCounters) uint64 { return p.Syns }, true},
+	{desc("accept_queue_drops_total", "Completed handshakes (final ACKs) dropped because the port's accept queue was full (kernels with the TCP_LISTEN_OVERFLOW drop reason).", "netns", "port"), func(p *tracer.PortCounters) uint64 { return p.Drops }, false},
 }
 
 // portGauges are per listening port.
@@ -90,11 +90,11 @@ var portGauges = []struct {
 	desc  *prometheus.Desc
 	value func(*tracer.PortCounters) uint32
 }{
-	{desc("accept_queue_length_max", "Most connections waiting in the port's accept queue, as accept() found it, since the previous scrape.", "port"), func(p *tracer.PortCounters) uint32 { return p.BacklogMaxEpoch }},
-	{desc("accept_queue_limit", "The port's accept-queue limit (the listen() backlog, capped by net.core.somaxconn), as last seen by accept().", "port"), func(p *tracer.PortCounters) uint32 { return p.BacklogLimit }},
+	{desc("accept_queue_length_max", "Most connections waiting in the port's accept queue, as accept() found it, since the previous scrape.", "netns", "port"), func(p *tracer.PortCounters) uint32 { return p.BacklogMaxEpoch }},
+	{desc("accept_queue_limit", "The port's accept-queue limit (the listen() backlog, capped by net.core.somaxconn), as last seen by accept().", "netns", "port"), func(p *tracer.PortCounters) uint32 { return p.BacklogLimit }},
 }
 
-var queueWait = desc("queue_wait_seconds", "Time from a completed handshake to the accept() that took the connection (the kernel's buckets: classic and native).", "port")
+var queueWait = desc("queue_wait_seconds", "Time from a completed handshake to the accept() that took the connection (the kernel's buckets: classic and native).", "netns", "port")
 
 var addrOverflow = desc("address_overflow_total", "Events not attributed to a remote address because the kernel's address map was full (per-port counters still have them).", "event")
 
@@ -131,11 +131,11 @@ var addrCounters = []struct {
 	value func(*tracer.AddressCounts) uint64
 	syns  bool
 }{
-	{desc("address_accepts_total", "Connections from this remote address accepted (top addresses only: since it entered the top table).", "addr"), func(a *tracer.AddressCounts) uint64 { return a.Accepted }, false},
-	{desc("address_handshakes_total", "Handshakes completed by this remote address (top addresses only).", "addr"), func(a *tracer.AddressCounts) uint64 { return a.Handshakes }, false},
-	{desc("address_not_accepted_total", "Connections from this remote address never accepted (top addresses only).", "addr"), func(a *tracer.AddressCounts) uint64 { return a.NotAccepted }, false},
-	{desc("address_synack_retransmits_total", "SYN-ACKs resent to this remote address (top addresses only).", "addr"), func(a *tracer.AddressCounts) uint64 { return a.SynackRetrans }, false},
-	{desc("address_syns_total", "SYNs from this remote address (top addresses only).", "addr"), func(a *tracer.AddressCounts) uint64 { return a.Syns }, true},
+	{desc("address_accepts_total", "Connections from this remote address accepted (top addresses only: since it entered the top table).", "netns", "addr"), func(a *tracer.AddressCounts) uint64 { return a.Accepted }, false},
+	{desc("address_handshakes_total", "Handshakes completed by this remote address (top addresses only).", "netns", "addr"), func(a *tracer.AddressCounts) uint64 { return a.Handshakes }, false},
+	{desc("address_not_accepted_total", "Connections from this remote address never accepted (top addresses only).", "netns", "addr"), func(a *tracer.AddressCounts) uint64 { return a.NotAccepted }, false},
+	{desc("address_synack_retransmits_total", "SYN-ACKs resent to this remote address (top addresses only).", "netns", "addr"), func(a *tracer.AddressCounts) uint64 { return a.SynackRetrans }, false},
+	{desc("address_syns_total", "SYNs from this remote address (top addresses only).", "netns", "addr"), func(a *tracer.AddressCounts) uint64 { return a.Syns }, true},
 }
 
 var (
@@ -214,16 +214,17 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for i := range snap.Ports {
 		p := &snap.Ports[i]
 		port := strconv.Itoa(int(p.Port))
+		netns := strconv.FormatUint(uint64(p.NetNS), 10)
 		for _, m := range portCounters {
 			if m.syns && !syns {
 				continue
 			}
-			ch <- prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, float64(m.value(p)), port)
+			ch <- prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, float64(m.value(p)), netns, port)
 		}
 		for _, m := range portGauges {
-			ch <- prometheus.MustNewConstMetric(m.desc, prometheus.GaugeValue, float64(m.value(p)), port)
+			ch <- prometheus.MustNewConstMetric(m.desc, prometheus.GaugeValue, float64(m.value(p)), netns, port)
 		}
-		native, err := c.native.metric(queueWait, p.WaitBuckets, p.WaitSum, c.opts.Start, port)
+		native, err := c.native.metric(queueWait, p.WaitBuckets, p.WaitSum, c.opts.Start, netns, port)
 		if err != nil {
 			ch <- prometheus.NewInvalidMetric(queueWait, err)
 			continue
@@ -253,11 +254,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(topSize, prometheus.GaugeValue, float64(len(c.top.heap)))
 	for _, e := range c.top.heap {
 		addr := e.Addr.String()
+		netns := strconv.FormatUint(uint64(e.NetNS), 10)
 		for _, m := range addrCounters {
 			if m.syns && !syns {
 				continue
 			}
-			ch <- prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, float64(m.value(&e.AddressCounts)), addr)
+			ch <- prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, float64(m.value(&e.AddressCounts)), netns, addr)
 		}
 	}
 }

@@ -75,8 +75,8 @@ func TestCollectorLint(t *testing.T) {
 	want := `
 # HELP acceptwatch_accepts_total Connections taken from the port's accept queue by accept().
 # TYPE acceptwatch_accepts_total counter
-acceptwatch_accepts_total{port="443"} 2
-acceptwatch_accepts_total{port="80"} 7
+acceptwatch_accepts_total{netns="0",port="443"} 2
+acceptwatch_accepts_total{netns="0",port="80"} 7
 # HELP acceptwatch_lost_events_total Live events the ring buffer could not take (counters stay exact).
 # TYPE acceptwatch_lost_events_total counter
 acceptwatch_lost_events_total 3
@@ -85,8 +85,8 @@ acceptwatch_lost_events_total 3
 acceptwatch_tcpext_listen_overflows_total 11
 # HELP acceptwatch_accept_queue_length_max Most connections waiting in the port's accept queue, as accept() found it, since the previous scrape.
 # TYPE acceptwatch_accept_queue_length_max gauge
-acceptwatch_accept_queue_length_max{port="443"} 3
-acceptwatch_accept_queue_length_max{port="80"} 3
+acceptwatch_accept_queue_length_max{netns="0",port="443"} 3
+acceptwatch_accept_queue_length_max{netns="0",port="80"} 3
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "acceptwatch_accepts_total", "acceptwatch_lost_events_total",
 		"acceptwatch_tcpext_listen_overflows_total", "acceptwatch_accept_queue_length_max"); err != nil {
@@ -303,7 +303,7 @@ func TestTopTable(t *testing.T) {
 	if tracked+c.top.evictedAccepts != all {
 		t.Errorf("tracked %d + evicted %d accepts != %d", tracked, c.top.evictedAccepts, all)
 	}
-	busy := c.top.byAddr[netip.MustParseAddr("10.0.0.1")]
+	busy := c.top.byAddr[addrNS{addr: netip.MustParseAddr("10.0.0.1")}]
 	if busy == nil || busy.Accepted != 50*100 {
 		t.Errorf("the busiest address: %+v, want 5000 accepts", busy)
 	}
@@ -314,7 +314,7 @@ func TestTopTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(out), `acceptwatch_address_accepts_total{addr="10.0.0.1"} 5000`) || strings.Count(string(out), "\nacceptwatch_address_accepts_total{") != k {
+	if !strings.Contains(string(out), `acceptwatch_address_accepts_total{addr="10.0.0.1",netns="0"} 5000`) || strings.Count(string(out), "\nacceptwatch_address_accepts_total{") != k {
 		t.Errorf("exported top addresses:\n%s", out)
 	}
 }

@@ -19,8 +19,8 @@ import (
 // SYN-ACK retransmits, connections never accepted).
 type topTable struct {
 	k              int
-	byAddr         map[netip.Addr]*topEntry
-	heap           topHeap // least busy first
+	byAddr         map[addrNS]*topEntry // one per (address, namespace)
+	heap           topHeap              // least busy first
 	evictions      uint64
 	evictedAccepts uint64
 }
@@ -32,7 +32,7 @@ type topEntry struct {
 }
 
 func newTopTable(k int) *topTable {
-	return &topTable{k: k, byAddr: make(map[netip.Addr]*topEntry, k)}
+	return &topTable{k: k, byAddr: make(map[addrNS]*topEntry, k)}
 }
 
 func score(c *tracer.AddressCounts) uint64 {
@@ -40,7 +40,7 @@ func score(c *tracer.AddressCounts) uint64 {
 }
 
 func (t *topTable) add(c tracer.AddressCounts) {
-	if e, ok := t.byAddr[c.Addr]; ok {
+	if e, ok := t.byAddr[addrNS{c.Addr, c.NetNS}]; ok {
 		e.Accepted += c.Accepted
 		e.Handshakes += c.Handshakes
 		e.NotAccepted += c.NotAccepted
@@ -58,12 +58,12 @@ func (t *topTable) add(c tracer.AddressCounts) {
 			return
 		}
 		least := heap.Pop(&t.heap).(*topEntry)
-		delete(t.byAddr, least.Addr)
+		delete(t.byAddr, addrNS{least.Addr, least.NetNS})
 		t.evict(&least.AddressCounts)
 	}
 	e := &topEntry{AddressCounts: c, score: s}
 	heap.Push(&t.heap, e)
-	t.byAddr[c.Addr] = e
+	t.byAddr[addrNS{c.Addr, c.NetNS}] = e
 }
 
 func (t *topTable) evict(c *tracer.AddressCounts) {
@@ -78,7 +78,10 @@ func (h topHeap) Less(i, j int) bool {
 	if h[i].score != h[j].score {
 		return h[i].score < h[j].score
 	}
-	return h[i].Addr.Compare(h[j].Addr) > 0
+	if c := h[i].Addr.Compare(h[j].Addr); c != 0 {
+		return c > 0
+	}
+	return h[i].NetNS > h[j].NetNS
 }
 func (h topHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
@@ -95,4 +98,10 @@ func (h *topHeap) Pop() any {
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
 	return e
+}
+
+// addrNS keys the top table: a remote address in a network namespace.
+type addrNS struct {
+	addr  netip.Addr
+	netns uint32
 }

@@ -32,7 +32,7 @@ type Model struct {
 	cur    screen  // what the latest frames say
 	frozen *screen // shown instead while paused
 	prev   *Frame  // the previous advancing frame: rates are differences from it
-	ports  map[uint16]uint64
+	ports  map[PortKey]uint64
 	spark  []float64 // accepts/s of the last refreshes, oldest first
 	err    error
 }
@@ -41,7 +41,7 @@ type Model struct {
 type screen struct {
 	frame *Frame
 	rates rates
-	port  map[uint16]float64 // accepts/s per port over the last refresh
+	port  map[PortKey]float64 // accepts/s per port over the last refresh
 	spark []float64
 }
 
@@ -70,7 +70,7 @@ func New(src Source, opt Options) *Model {
 	return &Model{
 		src: src, opt: opt, caps: src.Caps(),
 		prev:  &Frame{Time: opt.Start},
-		ports: map[uint16]uint64{},
+		ports: map[PortKey]uint64{},
 	}
 }
 
@@ -201,10 +201,11 @@ func (m *Model) apply(f *Frame, advance bool) {
 		syncookies: rate(a.Syncookies, b.Syncookies),
 		lost:       rate(a.LostEvents, b.LostEvents),
 	}
-	port := make(map[uint16]float64, len(f.Ports))
+	port := make(map[PortKey]float64, len(f.Ports))
 	for _, p := range f.Ports {
-		port[p.Port] = rate(p.Accepted, m.ports[p.Port])
-		m.ports[p.Port] = p.Accepted
+		k := PortKey{p.NetNS, p.Port}
+		port[k] = rate(p.Accepted, m.ports[k])
+		m.ports[k] = p.Accepted
 	}
 	m.cur.port = port
 	m.spark = append(m.spark, m.cur.rates.accepted)

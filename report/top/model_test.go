@@ -107,7 +107,7 @@ func TestRatesAreDifferencesOfCounters(t *testing.T) {
 	if r.accepted != 900 || r.syns != 910 || r.overflows != 3 || r.synack != 12 {
 		t.Errorf("rates %+v", r)
 	}
-	if m.cur.port[443] != 890 || m.cur.port[8443] != 10 {
+	if m.cur.port[PortKey{Port: 443}] != 890 || m.cur.port[PortKey{Port: 8443}] != 10 {
 		t.Errorf("port rates %v", m.cur.port)
 	}
 	// The first frame's rates are since the start (10 s).

@@ -73,6 +73,8 @@ type Totals struct {
 // Port is one listening port since the start.
 type Port struct {
 	Port          uint16
+	NetNS         uint32 // network namespace (inode)
+	NetNSLabel    string // shown beside the port when several namespaces have rows; "" otherwise
 	Accepted      uint64
 	NotAccepted   uint64
 	SynackRetrans uint64
@@ -196,4 +198,10 @@ func (r *Row) Key(c Column) (uint64, uint64) {
 		return uint64(r.Last.UnixNano()), r.New
 	}
 	return r.New, r.Accepted
+}
+
+// PortKey identifies a port's row: the same port in two namespaces is two rows.
+type PortKey struct {
+	NetNS uint32
+	Port  uint16
 }

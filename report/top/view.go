@@ -217,7 +217,11 @@ func (m *Model) portLines(s *screen, w, maxRows int) []string {
 		if m.caps.Drops {
 			drops = num(p.Drops)
 		}
-		cells := []string{strconv.Itoa(int(p.Port)), rateStr(s.port[p.Port]), num(p.Accepted), num(p.NotAccepted),
+		name := strconv.Itoa(int(p.Port))
+		if p.NetNSLabel != "" {
+			name += " " + report.Sanitize(p.NetNSLabel)
+		}
+		cells := []string{name, rateStr(s.port[PortKey{p.NetNS, p.Port}]), num(p.Accepted), num(p.NotAccepted),
 			num(p.SynackRetrans), drops, now, bmax, wait}
 		for i := range cols {
 			cols[i].cells = append(cols[i].cells, cells[i])

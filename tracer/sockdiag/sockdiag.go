@@ -119,6 +119,20 @@ func Open() (*Dumper, error) {
 	return open(0)
 }
 
+// OpenIn opens a sock_diag socket in the network namespace whose nsfs file
+// is path (/proc/PID/ns/net, /run/netns/NAME); "" is Open.
+func OpenIn(path string) (*Dumper, error) {
+	if path == "" {
+		return Open()
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening a sock_diag netlink socket: %w", err)
+	}
+	defer f.Close()
+	return open(int(f.Fd()))
+}
+
 // open opens the socket in the namespace of nsFD (0: the calling thread's).
 func open(nsFD int) (*Dumper, error) {
 	// One 64 KiB receive buffer for every read: the kernel sizes its dump
