@@ -77,7 +77,8 @@ func (b *bench) cpuVM() (*table, error) {
 			"-guest", "-tables-json", "-sections", "cpu", "-attach", mode,
 			"-acceptwatch", "/usr/local/bin/acceptwatch",
 			"-cpu-rounds", fmt.Sprint(b.o.vmRounds), "-cpu-round", b.o.cpuRound.String(),
-			"-clients", fmt.Sprint(b.o.clients), "-acceptors", fmt.Sprint(b.o.acceptors), "-sources", fmt.Sprint(b.o.sources))
+			"-clients", fmt.Sprint(b.o.clients), "-acceptors", fmt.Sprint(b.o.acceptors), "-sources", fmt.Sprint(b.o.sources),
+			"-cpu-rows", b.o.cpuRows) // the same rows as on the host
 		cmd := exec.CommandContext(b.ctx, filepath.Join(dir, "vmrun"), args...)
 		cmd.Env = append(os.Environ(), "VMTEST_FILES="+filepath.Join(dir, "acceptwatch")+":/usr/local/bin/acceptwatch",
 			"VMTEST_TIMEOUT=40m")
