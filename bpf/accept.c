@@ -29,7 +29,7 @@ static __always_inline void handle_accept(bool direct, bool tcp, struct sock *sk
 
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
-	__u8 fam = watched(direct, sk, &c, lport, &key, laddr);
+	__u8 fam = watched(direct, sk, sk, &c, lport, &key, laddr);
 
 	if (!fam)
 		return;

@@ -4,15 +4,20 @@
  * 6.15). The reason's number differs between kernels: user space resolves it
  * by name from kernel BTF, and does not load this program where it is absent. */
 #include "pkt.h"
+#include "sock.h"
 
 /* In a section of its own: it is set from kernel BTF, which is parsed while
  * the shared maps (and .rodata) are made, and only this program reads it. */
 const volatile __u32 listen_overflow_reason SEC(".rodata.drop") = 0;
 
+/* rx_sk (6.11+, so there wherever the reason is) is the listener that
+ * dropped it: --cgroup decides by its cgroup; the argument is read only then. */
 SEC("tp_btf/kfree_skb")
-int BPF_PROG(aw_drop, struct sk_buff *skb, void *location, int reason)
+int BPF_PROG(aw_drop, struct sk_buff *skb, void *location, int reason, struct sock *rx_sk)
 {
 	if (reason != listen_overflow_reason)
+		return 0;
+	if (target_cgroup && !cgroup_watched(rx_sk))
 		return 0;
 	__u8 *head = skb->head;
 	__u8 ip[IP6_HLEN];

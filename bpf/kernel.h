@@ -54,8 +54,17 @@ struct sock_common {
 	struct in6_addr skc_v6_rcv_saddr;
 };
 
+/* A socket's cgroup v2 (5.15+: a struct cgroup * first; before, a u64 that
+ * holds that pointer unless one of its two low bits is set: then net_cls or
+ * net_prio data sits there, and the socket counts as in the root). Only its
+ * offset is used (sk_cgroup() in sock.h reads its first 8 bytes). */
+struct sock_cgroup_data {
+	__u64 val;
+};
+
 struct sock {
 	struct sock_common __sk_common;
+	struct sock_cgroup_data sk_cgrp_data;
 	__u16 sk_protocol;
 	__u16 sk_type;
 	__u32 sk_ack_backlog;
@@ -88,6 +97,27 @@ struct sk_buff {
 
 struct socket {
 	struct sock *sk;
+};
+
+struct kernfs_node {
+	__u64 id; /* a cgroup's id (5.5+) */
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+	int level; /* the root's is 0 */
+};
+
+/* A cgroup's ancestors, itself included, indexed by level: their ids before
+ * 6.0, pointers to them from 6.0 on (one of the two exists). */
+struct cgroup___ids {
+	int level;
+	__u64 ancestor_ids[];
+};
+
+struct cgroup___ptrs {
+	int level;
+	struct cgroup *ancestors[];
 };
 
 struct file {

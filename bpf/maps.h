@@ -19,6 +19,8 @@ const volatile bool emit_events = true;   /* false: counters only (--quiet) */
 const volatile __u64 wakeup_bytes = 0;    /* wake the reader once this much is queued */
 const volatile bool count_addrs = true;   /* false: per-port counters only (metrics without top addresses) */
 const volatile __u32 target_netns = 0;    /* 0: every network namespace (else its inode): --netns */
+const volatile __u64 target_cgroup = 0;   /* 0: every cgroup, else a cgroup v2 id: --cgroup (its subtree) */
+const volatile __u32 target_cgroup_level = 0; /* that cgroup's depth below the root */
 
 /* Bumped by user space at each --interval boundary. */
 volatile __u32 window_id = 0;

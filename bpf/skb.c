@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* SYNs per address in every attach mode: a cgroup_skb/ingress program on the
- * cgroup v2 root. It runs for every packet delivered to a socket of the
+ * cgroup v2 root (with --cgroup, on that cgroup: the kernel then runs it only
+ * for sockets in its subtree, the filter the other hooks apply). It runs for every packet delivered to a socket of the
  * machine (any network namespace), after the socket lookup and before TCP
  * handles the packet: it sees each SYN that reached a listener, including
  * those tcp_conn_request then drops (full queues) or answers with a

@@ -98,10 +98,50 @@ static __always_inline __u32 sk_netns(bool direct, struct sock *sk)
 	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
+/* Is socket sk in the watched cgroup's subtree (--cgroup)? A socket's cgroup
+ * is its creator's when it was made; an accepted socket inherits its
+ * listener's, so a server's connections all count where its listener does,
+ * whoever accepts them (and in softirq, where the current task is anyone).
+ * Only with --cgroup: probe reads (a few per event), not direct loads, as
+ * the field's type changed in 5.15. */
+static __always_inline bool cgroup_watched(struct sock *sk)
+{
+	if (!target_cgroup)
+		return true;
+	__u64 v = 0;
+
+	if (!sk || bpf_probe_read_kernel(&v, sizeof(v), (void *)sk + bpf_core_field_offset(struct sock, sk_cgrp_data)))
+		return false;
+	/* None, or net_cls/net_prio data in its place (before 5.15): the root. */
+	if (!v || (v & 3))
+		return target_cgroup_level == 0;
+	struct cgroup *cg = (struct cgroup *)v;
+
+	if (BPF_CORE_READ(cg, level) < (int)target_cgroup_level)
+		return false;
+	__u64 id = 0;
+
+	if (bpf_core_field_exists(struct cgroup___ptrs, ancestors)) {
+		struct cgroup *a = NULL;
+
+		bpf_probe_read_kernel(&a, sizeof(a), (void *)cg + bpf_core_field_offset(struct cgroup___ptrs, ancestors) +
+						     target_cgroup_level * sizeof(a));
+		if (!a)
+			return false;
+		id = BPF_CORE_READ(a, kn, id);
+	} else {
+		bpf_probe_read_kernel(&id, sizeof(id), (void *)cg + bpf_core_field_offset(struct cgroup___ids, ancestor_ids) +
+						       target_cgroup_level * sizeof(id));
+	}
+	return id == target_cgroup;
+}
+
 /* A TCP socket of a family acceptwatch reports, on a watched port and in a
- * watched namespace? Fills the remote address key (with sk's namespace) and
- * returns the family (4 or 6), 0 to ignore. */
-static __always_inline __u8 watched(bool direct, struct sock *sk, struct skc *c, __u16 lport,
+ * watched namespace and cgroup? Fills the remote address key (with sk's
+ * namespace) and returns the family (4 or 6), 0 to ignore. owner is the
+ * socket whose cgroup decides: sk itself, or the listener of a request
+ * socket (which has no cgroup of its own). */
+static __always_inline __u8 watched(bool direct, struct sock *sk, struct sock *owner, struct skc *c, __u16 lport,
 				    struct addr_key *key, __u8 laddr[16])
 {
 	if (c->family != AF_INET && c->family != AF_INET6)
@@ -109,7 +149,7 @@ static __always_inline __u8 watched(bool direct, struct sock *sk, struct skc *c,
 	if (!port_watched(lport))
 		return 0;
 	key->netns = sk_netns(direct, sk);
-	if (!netns_watched(key->netns))
+	if (!netns_watched(key->netns) || !cgroup_watched(owner))
 		return 0;
 	__u8 fam = skc_addrs(c, laddr, key->addr);
 

@@ -36,7 +36,7 @@ static __always_inline void count_syn(bool direct, struct sock *lsk, struct sk_b
 	if (target_family && fam != target_family)
 		return;
 	key.netns = sk_netns(direct, lsk);
-	if (!netns_watched(key.netns))
+	if (!netns_watched(key.netns) || !cgroup_watched(lsk))
 		return;
 	struct delta d = { .syn = true };
 

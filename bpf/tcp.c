@@ -18,7 +18,7 @@ int BPF_PROG(aw_handshake, struct sock *sk, int oldstate, int newstate)
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
 
-	if (!port_watched(lport) || !load_skc(true, sk, &c) || !watched(true, sk, &c, lport, &key, laddr))
+	if (!port_watched(lport) || !load_skc(true, sk, &c) || !watched(true, sk, sk, &c, lport, &key, laddr))
 		return 0;
 
 	struct delta d = { .handshake = true };
@@ -48,7 +48,7 @@ int BPF_PROG(aw_destroy, struct sock *sk)
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
 
-	if (!load_skc(true, sk, &c) || !watched(true, sk, &c, lport, &key, laddr))
+	if (!load_skc(true, sk, &c) || !watched(true, sk, sk, &c, lport, &key, laddr))
 		return 0;
 	struct delta d = { .not_accepted = true };
 
@@ -67,7 +67,7 @@ int BPF_PROG(aw_synack, struct sock *lsk, struct sock *req)
 	struct addr_key key = {};
 	__u8 laddr[16] = {};
 
-	if (!port_watched(lport) || !load_skc(true, req, &c) || !watched(true, req, &c, lport, &key, laddr))
+	if (!port_watched(lport) || !load_skc(true, req, &c) || !watched(true, req, lsk, &c, lport, &key, laddr))
 		return 0;
 	struct delta d = { .synack = true };
 

@@ -103,6 +103,7 @@ type jsonSummary struct {
 	DropCounters       []string          `json:"drop_counters"`
 	KernelCounters     map[string]uint64 `json:"kernel_counters"`
 	CountersNetNS      uint32            `json:"kernel_counters_netns"` // 0: not said
+	Cgroup             string            `json:"cgroup,omitempty"`      // --cgroup
 	Findings           []string          `json:"findings"`
 	Percentiles        string            `json:"percentiles"`
 	Listeners          []jsonPort        `json:"listeners"`
@@ -223,6 +224,7 @@ func (j *jsonWriter) Summary(s Summary) error {
 		DropCounters:       append([]string{}, s.DropCounters...),
 		KernelCounters:     map[string]uint64{},
 		CountersNetNS:      s.CountersNetNS,
+		Cgroup:             s.Cgroup,
 		Findings:           []string{},
 		Percentiles:        percentilesNote,
 		Listeners:          make([]jsonPort, len(s.Listeners)),

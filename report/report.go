@@ -133,6 +133,9 @@ type Summary struct {
 	NetNSNames map[uint32]string
 	// CountersNetNS is the namespace KernelCounters are of (0: not said).
 	CountersNetNS uint32
+	// Cgroup is the cgroup the counts are of (--cgroup): its path, "" for
+	// every cgroup. KernelCounters are every cgroup's.
+	Cgroup string
 }
 
 // NetNSLabel names namespace inode ns for a column: its label in names,

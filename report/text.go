@@ -175,10 +175,14 @@ func (t *textWriter) Summary(s Summary) error {
 		fmt.Fprintf(b, ", attach %s", Sanitize(s.AttachMode))
 	}
 	if len(s.Ports) == 0 {
-		b.WriteString(", all ports ---\n")
+		b.WriteString(", all ports")
 	} else {
-		fmt.Fprintf(b, ", ports %s ---\n", Sanitize(strings.Join(s.Ports, ",")))
+		fmt.Fprintf(b, ", ports %s", Sanitize(strings.Join(s.Ports, ",")))
 	}
+	if s.Cgroup != "" {
+		fmt.Fprintf(b, " of cgroup %s", Sanitize(s.Cgroup))
+	}
+	b.WriteString(" ---\n")
 
 	writeRows(b, &s, t.opt.Top, loc)
 
@@ -227,9 +231,16 @@ func (t *textWriter) Summary(s Summary) error {
 		}
 	}
 	if len(kc) > 0 {
-		where := ""
+		var of []string
 		if s.CountersNetNS != 0 {
-			where = " (netns " + NetNSLabel(s.NetNSNames, s.CountersNetNS) + ")"
+			of = append(of, "netns "+NetNSLabel(s.NetNSNames, s.CountersNetNS))
+		}
+		if s.Cgroup != "" {
+			of = append(of, "every cgroup") // TcpExt counts the whole namespace
+		}
+		where := ""
+		if len(of) > 0 {
+			where = " (" + strings.Join(of, ", ") + ")"
 		}
 		fmt.Fprintf(b, "kernel counters%s: %s\n", where, strings.Join(kc, ", "))
 	}

@@ -149,6 +149,8 @@ const (
 	acceptwatchVarEmitEvents           = "emit_events"
 	acceptwatchVarFilterPorts          = "filter_ports"
 	acceptwatchVarListenOverflowReason = "listen_overflow_reason"
+	acceptwatchVarTargetCgroup         = "target_cgroup"
+	acceptwatchVarTargetCgroupLevel    = "target_cgroup_level"
 	acceptwatchVarTargetFamily         = "target_family"
 	acceptwatchVarTargetNetns          = "target_netns"
 	acceptwatchVarTargetTgid           = "target_tgid"
@@ -246,6 +248,8 @@ type acceptwatchVariableSpecs struct {
 	EmitEvents           *ebpf.VariableSpec `ebpf:"emit_events"`
 	FilterPorts          *ebpf.VariableSpec `ebpf:"filter_ports"`
 	ListenOverflowReason *ebpf.VariableSpec `ebpf:"listen_overflow_reason"`
+	TargetCgroup         *ebpf.VariableSpec `ebpf:"target_cgroup"`
+	TargetCgroupLevel    *ebpf.VariableSpec `ebpf:"target_cgroup_level"`
 	TargetFamily         *ebpf.VariableSpec `ebpf:"target_family"`
 	TargetNetns          *ebpf.VariableSpec `ebpf:"target_netns"`
 	TargetTgid           *ebpf.VariableSpec `ebpf:"target_tgid"`
@@ -313,6 +317,8 @@ type acceptwatchVariables struct {
 	EmitEvents           *ebpf.Variable `ebpf:"emit_events"`
 	FilterPorts          *ebpf.Variable `ebpf:"filter_ports"`
 	ListenOverflowReason *ebpf.Variable `ebpf:"listen_overflow_reason"`
+	TargetCgroup         *ebpf.Variable `ebpf:"target_cgroup"`
+	TargetCgroupLevel    *ebpf.Variable `ebpf:"target_cgroup_level"`
 	TargetFamily         *ebpf.Variable `ebpf:"target_family"`
 	TargetNetns          *ebpf.Variable `ebpf:"target_netns"`
 	TargetTgid           *ebpf.Variable `ebpf:"target_tgid"`

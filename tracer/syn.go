@@ -53,7 +53,7 @@ func openExtras(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cac
 	opts := ebpf.CollectionOptions{MapReplacements: maps.Maps, Cache: cache}
 	if cfg.NoSynCounter {
 		logf("SYN counter: off (--no-syn-counter)")
-	} else if err := e.attachSynCounter(spec, opts, logf); err != nil {
+	} else if err := e.attachSynCounter(spec, opts, cfg.Cgroup, logf); err != nil {
 		logf("SYN counter: cgroup_skb/ingress unavailable: %s", oneLine(err.Error()))
 	}
 	if err := e.attachDropCounter(spec, opts, cache, logf); err != nil {
@@ -66,13 +66,22 @@ func openExtras(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cac
 // bpf_link: links always allow other programs beside them (the kernel's
 // BPF_F_ALLOW_MULTI), never replace one, and go away with the process however
 // it ends. Without cgroup links (before 5.7) it is not attached at all: the
-// older PROG_ATTACH interface would outlive a killed acceptwatch.
-func (e *extras) attachSynCounter(spec *ebpf.CollectionSpec, opts ebpf.CollectionOptions, logf func(string, ...any)) error {
+// older PROG_ATTACH interface would outlive a killed acceptwatch. With
+// --cgroup it goes on that cgroup: the kernel runs it for its subtree only.
+func (e *extras) attachSynCounter(spec *ebpf.CollectionSpec, opts ebpf.CollectionOptions, target cgroups.Target, logf func(string, ...any)) error {
 	root, note, err := cgroup2Root()
 	if err != nil {
 		return err
 	}
 	defer root.Close()
+	if target.ID != 0 {
+		dir, err := os.Open(target.Dir)
+		if err != nil {
+			return fmt.Errorf("opening cgroup %s: %w", target.Path, err)
+		}
+		defer dir.Close()
+		root, note = dir, " (--cgroup)"
+	}
 	coll, err := loadPrograms(spec, []string{"aw_syn_skb"}, opts)
 	if err != nil {
 		return fmt.Errorf("loading: %w", err)
@@ -87,13 +96,13 @@ func (e *extras) attachSynCounter(spec *ebpf.CollectionSpec, opts ebpf.Collectio
 		if errors.Is(err, unix.EPERM) {
 			err = fmt.Errorf("%w (a program attached there without multi-attach keeps others off)", err)
 		}
-		return fmt.Errorf("attaching to the cgroup v2 root %s: %w", root.Name(), err)
+		return fmt.Errorf("attaching to the cgroup %s: %w", root.Name(), err)
 	}
 	e.colls = append(e.colls, coll)
 	e.links = append(e.links, l)
 	e.syn = SynCgroup
 	e.drops = append(e.drops, DropsSyn)
-	logf("SYN counter: cgroup_skb/ingress on the cgroup v2 root %s%s; also SYNs dropped for a full accept queue", root.Name(), note)
+	logf("SYN counter: cgroup_skb/ingress on the cgroup %s%s; also SYNs dropped for a full accept queue", root.Name(), note)
 	return nil
 }
 

@@ -48,7 +48,10 @@ type Config struct {
 	NetNS  uint32   // network namespace (inode) whose sockets are counted; 0: all
 	// NetNSPath is that namespace's nsfs file: the kernel counters (TcpExt)
 	// are read inside it. "": acceptwatch's own namespace.
-	NetNSPath    string
+	NetNSPath string
+	// Cgroup is the cgroup whose subtree's sockets are counted (by the
+	// cgroup that made each listener); zero ID: every cgroup.
+	Cgroup       cgroups.Target
 	Family       int    // 4 or 6; 0: both
 	MaxAddresses uint32 // capacity of the address map; 0: DefaultMaxAddresses
 	LiveEvents   bool   // send a live event per accept (false: counters only)
@@ -196,8 +199,11 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		"target_tgid":   cfg.PID,
 		"target_family": uint8(cfg.Family),
 		"target_netns":  cfg.NetNS,
-		"filter_ports":  len(cfg.Ports) > 0,
-		"emit_events":   cfg.LiveEvents,
+		"target_cgroup": cfg.Cgroup.ID,
+		// The knob's type: a u32 (the verifier's index arithmetic).
+		"target_cgroup_level": cfg.Cgroup.Level,
+		"filter_ports":        len(cfg.Ports) > 0,
+		"emit_events":         cfg.LiveEvents,
 		// A sixteenth of the ring: a batch big enough to amortise a wakeup,
 		// far from full.
 		"wakeup_bytes": uint64(spec.Maps["aw_events"].MaxEntries / 16),

@@ -459,6 +459,7 @@ type jsonSummary struct {
 	Findings           []string          `json:"findings"`
 	ConnectionsNow     *snapStates       `json:"connections_now"`
 	NetNS              *uint64           `json:"netns"`
+	Cgroup             string            `json:"cgroup"`
 	Listeners          []struct {
 		NetNS        uint32    `json:"netns"`
 		Port         int       `json:"port"`

@@ -12,6 +12,7 @@ import (
 
 	"github.com/acceptwatch/acceptwatch/report"
 	"github.com/acceptwatch/acceptwatch/tracer"
+	"github.com/acceptwatch/acceptwatch/tracer/cgroups"
 )
 
 // options holds every command-line flag.
@@ -20,6 +21,7 @@ type options struct {
 	pid               uint32
 	netns             string // --netns as given
 	netnsColumn       bool
+	cgroup            string // --cgroup as given
 	ipv4, ipv6        bool
 	duration          time.Duration
 	interval          time.Duration
@@ -50,12 +52,16 @@ type options struct {
 	metrics           metricsOptions
 	docs              docOptions
 
-	pidSet    bool             // --pid was given (0 is then an error)
-	netnsIno  uint32           // --netns resolved: the namespace's inode
-	netnsPath string           // and a file to enter it by
-	portList  []uint16         // parsed from ports
-	portNames []string         // normalised, for display: sorted, ranges merged
-	prefixLen report.PrefixLen // parsed from prefix
+	pidSet    bool           // --pid was given (0 is then an error)
+	netnsIno  uint32         // --netns resolved: the namespace's inode
+	netnsPath string         // and a file to enter it by
+	cgroupT   cgroups.Target // --cgroup resolved
+	// cgroupPaths names sockets' cgroups for the connection snapshots'
+	// --cgroup filter (their dumps carry ids).
+	cgroupPaths *cgroups.Resolver
+	portList    []uint16         // parsed from ports
+	portNames   []string         // normalised, for display: sorted, ranges merged
+	prefixLen   report.PrefixLen // parsed from prefix
 }
 
 // thresholds are the findings' thresholds the flags set.
@@ -97,6 +103,7 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.StringSliceVarP(&o.ports, "port", "P", nil, "local `ports` to watch: 80, 80,443, 8000-8100; repeatable (default all)")
 	fs.Uint32VarP(&o.pid, "pid", "p", 0, "only accepts by this process `id` (handshakes are counted for every process; default every process)")
 	fs.StringVar(&o.netns, "netns", "", "only this network `namespace`: /proc/PID/ns/net, /run/netns/NAME, NAME or an inode (default every namespace)")
+	fs.StringVar(&o.cgroup, "cgroup", "", "only sockets of servers in this cgroup v2 `directory` and below it: /sys/fs/cgroup/system.slice/nginx.service, or a path below the mount (default every cgroup)")
 	fs.BoolVar(&o.netnsColumn, "netns-column", false, "live lines: the NETNS column from the start (it appears once a second namespace is seen)")
 	fs.BoolVarP(&o.ipv4, "ipv4", "4", false, "IPv4 only (IPv4 clients of dual-stack listeners included)")
 	fs.BoolVarP(&o.ipv6, "ipv6", "6", false, "IPv6 only")
@@ -165,6 +172,14 @@ func parseFlags(args []string) (*options, *pflag.FlagSet, error) {
 			return nil, fs, err
 		}
 		o.netnsIno, o.netnsPath = ino, path
+	}
+	if fs.Changed("cgroup") {
+		t, err := resolveCgroup(o.cgroup)
+		if err != nil {
+			return nil, fs, err
+		}
+		o.cgroupT = t
+		o.cgroupPaths, _ = cgroups.NewResolver() // nil (no paths) only without cgroup v2, refused above
 	}
 	if fs.Changed("port") && len(o.ports) == 0 {
 		return nil, fs, usagef(`invalid port "": empty`)

@@ -254,7 +254,13 @@ func overflow(t *testing.T, port int) {
 	if err := syscall.Listen(fd, 1); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 6; i++ {
+	synsTo(t, port, 6)
+}
+
+// synsTo starts n connections to 127.0.0.1:port without waiting for them
+// (closed at the end of the test).
+func synsTo(t *testing.T, port, n int) {
+	for i := 0; i < n; i++ {
 		c, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
 		if err != nil {
 			t.Fatal(err)

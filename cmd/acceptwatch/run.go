@@ -70,6 +70,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		PID:          o.pid,
 		NetNS:        o.netnsIno,
 		NetNSPath:    o.netnsPath,
+		Cgroup:       o.cgroupT,
 		MaxAddresses: o.maxAddresses,
 		// --count needs the events to count them, even with -q; the live
 		// table reads only the counters.
@@ -132,10 +133,14 @@ func (o *options) writer(out *bufio.Writer) report.Writer {
 
 // portsLabel names the watched ports: "port 80,443" or "all ports".
 func (o *options) portsLabel() string {
+	l := "port " + strings.Join(o.portNames, ",")
 	if len(o.portNames) == 0 {
-		return "all ports"
+		l = "all ports"
 	}
-	return "port " + strings.Join(o.portNames, ",")
+	if o.cgroupT.ID != 0 {
+		l += " of cgroup " + report.Sanitize(o.cgroupT.Path)
+	}
+	return l
 }
 
 // writeReady creates the test hook's ready file: write then rename, so a
@@ -303,6 +308,7 @@ func (l *loop) summary(final bool) (time.Time, error) {
 		KernelCounters:     c.KernelCounters,
 		NetNSNames:         l.names(&c),
 		CountersNetNS:      l.countersNS(),
+		Cgroup:             l.o.cgroupT.Path,
 	}
 	s.Findings = l.findings(s, &c)
 	l.now.add(&s, l.o)

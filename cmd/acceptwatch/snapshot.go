@@ -66,6 +66,9 @@ func (o *options) snapshotFilter() sockdiag.Filter {
 	} else if o.ipv6 {
 		f.Family = 6
 	}
+	if t, r := o.cgroupT, o.cgroupPaths; t.ID != 0 {
+		f.Cgroup = func(id uint64) bool { return id == t.ID || t.Contains(r.Path(id)) }
+	}
 	return f
 }
 

@@ -13,6 +13,7 @@ import (
 const (
 	sockDiagByFamily = 20 // SOCK_DIAG_BY_FAMILY
 	reqBytecode      = 1  // INET_DIAG_REQ_BYTECODE
+	attrCgroupID     = 21 // INET_DIAG_CGROUP_ID: the socket's cgroup v2 id (5.9+)
 	reqLen           = 56 // struct inet_diag_req_v2
 	msgLen           = 72 // struct inet_diag_msg
 )
@@ -83,10 +84,11 @@ type sock struct {
 	state          State
 	local, remote  netip.AddrPort // IPv4-mapped addresses already unmapped
 	rqueue, wqueue uint32         // listeners: accept queue now, and its limit
+	cgroup         uint64         // cgroup v2 id (5.9+; 0: not sent, as for request and timewait sockets)
 }
 
-// parseMsg decodes the fixed part of an inet_diag_msg; attributes after it
-// are not needed.
+// parseMsg decodes the fixed part of an inet_diag_msg and, of the attributes
+// after it, the socket's cgroup.
 func parseMsg(b []byte, s *sock) error {
 	if len(b) < msgLen {
 		return fmt.Errorf("short inet_diag message: %d bytes", len(b))
@@ -110,5 +112,17 @@ func parseMsg(b []byte, s *sock) error {
 	s.remote = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(b[6:8]))
 	s.rqueue = binary.NativeEndian.Uint32(b[56:60])
 	s.wqueue = binary.NativeEndian.Uint32(b[60:64])
+	s.cgroup = 0
+	// Attributes: {u16 length, u16 type, value} each, 4-byte aligned.
+	for a := b[msgLen:]; len(a) >= 4; {
+		n := int(binary.NativeEndian.Uint16(a))
+		if n < 4 || n > len(a) {
+			break
+		}
+		if binary.NativeEndian.Uint16(a[2:]) == attrCgroupID && n >= 12 {
+			s.cgroup = binary.NativeEndian.Uint64(a[4:12])
+		}
+		a = a[min((n+3)&^3, len(a)):]
+	}
 	return nil
 }

@@ -38,6 +38,11 @@ type Filter struct {
 	// Family is 4 or 6 (of the remote address once IPv4-mapped addresses
 	// are unmapped); 0: both.
 	Family int
+	// Cgroup, if set, keeps the ports whose listener's cgroup v2 id it
+	// accepts (--cgroup): a connection is in its listener's cgroup, which
+	// the kernel copies into it; request and timewait sockets carry none.
+	// A port with listeners in several cgroups is kept if one is accepted.
+	Cgroup func(id uint64) bool
 }
 
 // StateCounts counts connections per kernel TCP state.
@@ -186,9 +191,12 @@ func Take(f Filter) (*Snapshot, error) {
 func (d *Dumper) Snapshot(f Filter) (*Snapshot, error) {
 	t0 := time.Now()
 	s := &Snapshot{Time: t0, NetNS: d.netns, Filter: f}
-	var watched [65536]bool
+	var want, watched [65536]bool
 	for _, p := range f.Ports {
-		watched[p] = true
+		want[p] = true
+		if f.Cgroup == nil {
+			watched[p] = true
+		}
 	}
 	ports := map[uint16]*Port{}
 	port := func(p uint16) *Port {
@@ -206,19 +214,20 @@ func (d *Dumper) Snapshot(f Filter) (*Snapshot, error) {
 		filter = compilePorts(portRanges(f.Ports, maxRanges))
 	}
 	err := d.dump(listenMask, filter, func(k *sock) {
-		if len(f.Ports) > 0 && !watched[k.local.Port()] {
+		if len(f.Ports) > 0 && !want[k.local.Port()] {
 			return
 		}
-		if len(f.Ports) == 0 {
-			watched[k.local.Port()] = true
+		if f.Cgroup != nil && !f.Cgroup(k.cgroup) {
+			return
 		}
+		watched[k.local.Port()] = true
 		pp := port(k.local.Port())
 		pp.Listeners = append(pp.Listeners, Listener{Local: k.local, Queue: k.rqueue, Limit: k.wqueue})
 	})
 	if err != nil {
 		return nil, err
 	}
-	if len(f.Ports) == 0 {
+	if len(f.Ports) == 0 || f.Cgroup != nil {
 		var lp []uint16
 		for p := range ports {
 			lp = append(lp, p)
