@@ -66,6 +66,7 @@ type Snapshot struct {
 	Time      time.Time
 	NetNS     uint64       // inode of the network namespace read
 	Ports     []string     // as the user gave them; empty: every listening port
+	Cgroup    string       // --cgroup: only its listeners' ports ("": every cgroup)
 	Addresses []SnapAddr   // any order; the writers sort by total
 	States    []StateCount // every state in kernel order, zeros included
 	Listeners []SnapPort   // by port
@@ -154,6 +155,9 @@ func WriteSnapshotText(w io.Writer, s Snapshot, opt TextOptions) error {
 	ports := "all listening ports"
 	if len(s.Ports) > 0 {
 		ports = "ports " + Sanitize(strings.Join(s.Ports, ","))
+	}
+	if s.Cgroup != "" {
+		ports += " of cgroup " + Sanitize(s.Cgroup)
 	}
 	fmt.Fprintf(&b, "--- acceptwatch snapshot: %s, connections to %s, netns %d ---\n",
 		s.Time.In(opt.Location).Format(dateFmt), ports, s.NetNS)
@@ -246,6 +250,7 @@ type jsonSnapshot struct {
 	Time      string            `json:"time"`
 	NetNS     uint64            `json:"netns"`
 	Ports     []string          `json:"ports"`
+	Cgroup    string            `json:"cgroup,omitempty"`
 	Total     jsonStates        `json:"connections"`
 	States    map[string]uint64 `json:"states"`
 	Findings  []string          `json:"findings"`
@@ -261,6 +266,7 @@ func WriteSnapshotJSON(w io.Writer, s Snapshot) error {
 		Time:      s.Time.Format(time.RFC3339Nano),
 		NetNS:     s.NetNS,
 		Ports:     s.Ports,
+		Cgroup:    s.Cgroup,
 		Total:     statesJSON(s.Total),
 		States:    map[string]uint64{},
 		Findings:  []string{},

@@ -84,6 +84,7 @@ func runSnapshot(o *options, stdout, stderr io.Writer) error {
 		return fmt.Errorf("snapshot: %w", err)
 	}
 	rs := toReport(snap, o.portNames)
+	rs.Cgroup = o.cgroupT.Path
 	rs.Findings = report.SnapshotFindings(rs, report.SnapshotThresholds{
 		SynRecvShare: o.snapshot.synRecvShare / 100,
 		AddressShare: o.snapshot.addressShare / 100,

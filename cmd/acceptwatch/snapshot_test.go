@@ -38,6 +38,7 @@ type jsonSnapshot struct {
 	Time        string            `json:"time"`
 	NetNS       uint64            `json:"netns"`
 	Ports       []string          `json:"ports"`
+	Cgroup      string            `json:"cgroup"`
 	Connections snapStates        `json:"connections"`
 	States      map[string]uint64 `json:"states"`
 	Findings    []string          `json:"findings"`
