@@ -38,11 +38,12 @@ const guestBin = "/usr/local/bin/acceptwatch"
 //     are user-space loop exits; every test's stop checks the release per mode.
 //   - TestBaseline: saving and comparing a baseline is user-space arithmetic
 //     over the per-address counts that TestTraceJSON checks per mode.
+//   - TestCgroupErrors: --cgroup refused at flag parsing, before any load.
 //   - TestDocs, TestParseFlags*, TestSingleDashLongLeavesOthers,
 //     TestHelpHasExamples, TestVersionOf, TestMetricsFlags, TestTopPortRows:
 //     pure Go (documentation, flags, layout), no kernel.
 const modeIndependent = "^(TestSnapshot|TestMetricsLongRun$|TestStops$|TestBaseline$|TestDocs$|TestParseFlags|" +
-	"TestSingleDashLongLeavesOthers$|TestHelpHasExamples$|TestVersionOf$|TestMetricsFlags$|TestTopPortRows$)"
+	"TestSingleDashLongLeavesOthers$|TestHelpHasExamples$|TestVersionOf$|TestMetricsFlags$|TestTopPortRows$|TestCgroupErrors$)"
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
