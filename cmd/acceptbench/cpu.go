@@ -48,6 +48,9 @@ func (b *bench) cpuRows() []*cpuRow {
 		{id: "none", name: "nothing traced"},
 		b.awRow("quiet", "acceptwatch -q", "-q"),
 		b.awRow("quiet-nosyn", "acceptwatch -q --no-syn-counter", "-q", "--no-syn-counter"),
+		// The cgroup v2 root (its mount) holds every socket: each event pays
+		// the filter's reads of the socket's cgroup ancestry and passes.
+		b.awRow("quiet-cgroup", "acceptwatch -q --cgroup ROOT (the cgroup filter on every event)", "-q", "--cgroup", "."),
 		b.awRow("live", "acceptwatch, live lines to a file", "-o", "text"),
 		b.awRow("json", "acceptwatch -o json, live lines to a file", "-o", "json"),
 		b.bpftraceRow("bpftrace", "bpftrace script (cmd/acceptbench/testdata/accept.bt), live lines to a file"),

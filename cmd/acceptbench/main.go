@@ -76,7 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.attach, "attach", "tracepoint", "attach mode of the cpu section: fexit, kretprobe or tracepoint")
 	fs.IntVar(&o.cpuRounds, "cpu-rounds", 8, "rounds of the cpu section (each runs every row once)")
 	fs.DurationVar(&o.cpuRound, "cpu-round", 1500*time.Millisecond, "measured storm of one row in the cpu section")
-	fs.StringVar(&o.cpuRows, "cpu-rows", "", "only these rows of the cpu section, by id: none,quiet,live,json,bpftrace,empty:HOOK,empty:all (default all)")
+	fs.StringVar(&o.cpuRows, "cpu-rows", "", "only these rows of the cpu section, by id: none,quiet,quiet-nosyn,quiet-cgroup,live,json,bpftrace,empty:HOOK,empty:all (default all)")
 	fs.StringVar(&o.vmKernel, "vm-kernel", "6.12", "kernel of the cpu-vm section (a vmtest matrix name such as 6.12 or arm64/7.x, or a kernel image path; the guest programs are built for its architecture)")
 	fs.StringVar(&o.vmModes, "vm-modes", "fexit,kretprobe,tracepoint", "attach modes of the cpu-vm section, one VM each")
 	fs.IntVar(&o.vmRounds, "vm-rounds", 6, "rounds of the cpu section inside each VM")
