@@ -62,48 +62,19 @@ func acceptServer(n int) int {
 // process's own accepts carry its own cgroup.
 func TestCgroupOnEvents(t *testing.T) {
 	requireRoot(t)
-	mnt, err := cgroups.Mount()
-	if err != nil {
-		if os.Getenv("ACCEPTWATCH_NO_SKIP") == "1" {
-			t.Fatal(err)
-		}
-		t.Skipf("needs a cgroup v2 hierarchy: %v", err)
-	}
+	mnt := requireCgroup2(t)
 	const cid = "c0ffee0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
-	base := fmt.Sprintf("/aw-cgroup-test-%d", os.Getpid())
-	rel := base + "/docker-" + cid + ".scope"
-	if err := os.MkdirAll(mnt+rel, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	defer os.Remove(mnt + base)
-	defer os.Remove(mnt + rel) // after the server has exited (deferred first)
+	rel := fmt.Sprintf("/aw-cgroup-test-%d/docker-%s.scope", os.Getpid(), cid)
+	makeCgroups(t, mnt, rel)
 	id, err := cgroups.Resolve(mnt + rel)
 	if err != nil {
 		t.Fatal(err)
 	}
 
+	// Started outside, moved in after it listens: events carry the
+	// acceptor's cgroup at the accept.
 	const n = 5
-	srv := exec.Command(os.Args[0])
-	srv.Env = append(os.Environ(), "AW_TEST_ACCEPT_SERVER="+strconv.Itoa(n))
-	stdin, err := srv.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := srv.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var srvErr strings.Builder
-	srv.Stderr = &srvErr
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { srv.Process.Kill(); srv.Wait() }()
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		t.Fatalf("server: %v %s", err, srvErr.String())
-	}
-	port, _ := strconv.Atoi(strings.TrimSpace(line))
+	port, stdin, srv := cgroupServer(t, "", "AW_TEST_ACCEPT_SERVER="+strconv.Itoa(n))
 	if err := os.WriteFile(filepath.Join(mnt+rel, "cgroup.procs"), []byte(strconv.Itoa(srv.Process.Pid)), 0o644); err != nil {
 		t.Fatalf("moving the server into %s: %v", rel, err)
 	}
@@ -114,16 +85,7 @@ func TestCgroupOnEvents(t *testing.T) {
 	dial(t, "127.0.0.1", "127.0.0.1", port, n)
 	dial(t, "127.0.0.1", "127.0.0.1", own.port, 2)
 	own.waitAccepted(t, 2)
-	done := make(chan error, 1)
-	go func() { done <- srv.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("server: %v %s", err, srvErr.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the server did not accept its connections")
-	}
+	waitServer(t, srv)
 	p.stop(os.Interrupt)
 
 	type ev struct {
@@ -180,19 +142,21 @@ func fullQueueServer() int {
 }
 
 // cgroupServer runs the test binary as a server (env selects which) that
-// starts in cgroup dir (clone3's CLONE_INTO_CGROUP), so that its listener is
-// made there: a socket belongs to its creator's cgroup. It returns the port
+// starts in cgroup dir ("": the test's) by clone3's CLONE_INTO_CGROUP, so
+// that its listener is made there: a socket belongs to its creator's cgroup. It returns the port
 // and the server's stdin; the server is killed at the end of the test.
 func cgroupServer(t *testing.T, dir, env string) (int, io.WriteCloser, *exec.Cmd) {
 	t.Helper()
-	cg, err := os.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cg.Close()
 	srv := exec.Command(os.Args[0])
 	srv.Env = append(os.Environ(), env)
-	srv.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	if dir != "" {
+		cg, err := os.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cg.Close()
+		srv.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	}
 	stdin, err := srv.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -213,6 +177,22 @@ func cgroupServer(t *testing.T, dir, env string) (int, io.WriteCloser, *exec.Cmd
 	}
 	port, _ := strconv.Atoi(strings.TrimSpace(line))
 	return port, stdin, srv
+}
+
+// waitServer waits for an accepting server to have taken its connections
+// and exited.
+func waitServer(t *testing.T, srv *exec.Cmd) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- srv.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("server: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a server did not accept its connections")
+	}
 }
 
 // makeCgroups makes cgroup directories below the v2 mount (relative paths),
@@ -280,18 +260,8 @@ func TestCgroupFilter(t *testing.T) {
 	own.waitAccepted(t, 2)
 	synsTo(t, fIn, 6)
 	synsTo(t, fOut, 6)
-	for _, srv := range []*exec.Cmd{inSrv, outSrv} {
-		done := make(chan error, 1)
-		go func() { done <- srv.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("server: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("a server did not accept its connections")
-		}
-	}
+	waitServer(t, inSrv)
+	waitServer(t, outSrv)
 	time.Sleep(300 * time.Millisecond) // the SYNs to the full queues
 	p.stop(os.Interrupt)
 
