@@ -66,6 +66,8 @@ func makeCgroup(t *testing.T, rel ...string) (mnt string, dirs []string) {
 		t.Skipf("needs a cgroup v2 hierarchy: %v", err)
 	}
 	base := fmt.Sprintf("/aw-cgroups-test-%d", os.Getpid())
+	// Cleanups run last-in first-out: the base goes after its children.
+	t.Cleanup(func() { os.Remove(mnt + base) })
 	dir := mnt + base
 	for _, r := range rel {
 		dir = filepath.Join(dir, r)
@@ -76,7 +78,6 @@ func makeCgroup(t *testing.T, rel ...string) (mnt string, dirs []string) {
 		t.Cleanup(func() { os.Remove(d) })
 		dirs = append(dirs, strings.TrimPrefix(d, mnt))
 	}
-	t.Cleanup(func() { os.Remove(mnt + base) })
 	return mnt, dirs
 }
 
