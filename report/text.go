@@ -25,6 +25,9 @@ type TextOptions struct {
 	NetNS bool
 	// NetNSName labels a namespace inode on live lines (nil: the inode).
 	NetNSName func(uint32) string
+	// Container shows the CONTAINER column (ContainerLabel) from the
+	// start; without it the column appears once a second label is seen.
+	Container bool
 }
 
 // Live-line layout, like bcc's tcpaccept: address columns fit IPv4 so that a
@@ -45,6 +48,7 @@ type textWriter struct {
 	line    []byte // reused by Event
 	firstNS uint32 // the first event's namespace
 	nsSeen  bool
+	firstCt string // the first event's ContainerLabel
 	// The clock column of the last event's second: most lines share it.
 	clockSec int64
 	clock    []byte
@@ -72,19 +76,21 @@ func (t *textWriter) flush() error {
 func (t *textWriter) Event(e Event) error {
 	b := t.line[:0]
 	needHeader := !t.header && !t.opt.Quiet
+	ct := ContainerLabel(e)
 	if !t.nsSeen {
-		t.firstNS, t.nsSeen = e.NetNS, true
-	} else if !t.opt.NetNS && e.NetNS != t.firstNS {
-		t.opt.NetNS = true
-		needHeader = !t.opt.Quiet // the layout changes: say so
+		t.firstNS, t.firstCt, t.nsSeen = e.NetNS, ct, true
+	} else {
+		if !t.opt.NetNS && e.NetNS != t.firstNS {
+			t.opt.NetNS = true
+			needHeader = !t.opt.Quiet // the layout changes: say so
+		}
+		if !t.opt.Container && ct != t.firstCt {
+			t.opt.Container = true
+			needHeader = !t.opt.Quiet
+		}
 	}
 	if needHeader {
-		if t.opt.NetNS {
-			b = append(b, liveHeader[:len(liveHeader)-1]...)
-			b = append(b, "              NETNS\n"...)
-		} else {
-			b = append(b, liveHeader...)
-		}
+		b = t.appendHeader(b)
 	}
 	raddr := Normalize(e.RemoteAddr)
 	if sec := e.Time.Unix(); sec != t.clockSec || t.clock == nil {
@@ -127,13 +133,22 @@ func (t *textWriter) Event(e Event) error {
 	} else {
 		b = append(b, '-')
 	}
-	if t.opt.NetNS {
+	if t.opt.NetNS || t.opt.Container {
 		b = col(b, start, 15) // BL's 2 columns and what its values need
+	}
+	if t.opt.NetNS {
+		start = len(b)
 		if t.opt.NetNSName != nil {
 			b = append(b, Sanitize(t.opt.NetNSName(e.NetNS))...)
 		} else {
 			b = strconv.AppendUint(b, uint64(e.NetNS), 10)
 		}
+		if t.opt.Container {
+			b = col(b, start, netnsWidth)
+		}
+	}
+	if t.opt.Container {
+		b = append(b, ct...)
 	}
 	if e.ClientGone {
 		b = append(b, " client-gone"...)
@@ -148,6 +163,53 @@ func (t *textWriter) Event(e Event) error {
 	}
 	t.written = true
 	return nil
+}
+
+// netnsWidth is the NETNS column's width when CONTAINER follows it: names
+// of /run/netns and "host" fit, an inode (10 digits) pushes CONTAINER right.
+const netnsWidth = 10
+
+// appendHeader appends the live header, with the optional columns on.
+func (t *textWriter) appendHeader(b []byte) []byte {
+	if !t.opt.NetNS && !t.opt.Container {
+		return append(b, liveHeader...)
+	}
+	b = append(b, liveHeader[:len(liveHeader)-1]...)
+	b = append(b, "              "...) // BL's width
+	if t.opt.NetNS {
+		b = append(b, "NETNS"...)
+		if t.opt.Container {
+			b = append(b, "      "...)
+		}
+	}
+	if t.opt.Container {
+		b = append(b, "CONTAINER"...)
+	}
+	return append(b, '\n')
+}
+
+// containerWidth bounds the CONTAINER column: a Kubernetes label
+// (k8s:<8>/<12>) fits; a longer cgroup path keeps its end, where its most
+// specific part is.
+const containerWidth = 32
+
+// ContainerLabel is an event's CONTAINER column: its container or unit
+// label, else its cgroup path, else "-"; sanitised (users name cgroups) and
+// cut to containerWidth runes, "…" marking a cut.
+func ContainerLabel(e Event) string {
+	l := e.Container
+	if l == "" {
+		l = e.Cgroup
+	}
+	if l == "" {
+		return "-"
+	}
+	l = Sanitize(l)
+	if n := utf8.RuneCountInString(l); n > containerWidth {
+		r := []rune(l)
+		l = "…" + string(r[n-containerWidth+1:])
+	}
+	return l
 }
 
 // Summary writes one summary block. It is separated from earlier output
@@ -215,8 +277,8 @@ func (t *textWriter) Summary(s Summary) error {
 	}
 
 	if c := s.Now; c != nil {
-		fmt.Fprintf(b, "connections now: %d (ESTABLISHED %d, SYN_RECV %d, CLOSE_WAIT %d, TIME_WAIT %d, FIN_WAIT %d, other %d), netns %d\n",
-			c.Total(), c.Established, c.SynRecv, c.CloseWait, c.TimeWait, c.FinWait, c.Other, s.NetNS)
+		fmt.Fprintf(b, "connections now: %d (ESTABLISHED %d, SYN_RECV %d, CLOSE_WAIT %d, TIME_WAIT %d, FIN_WAIT %d, other %d), netns %s\n",
+			c.Total(), c.Established, c.SynRecv, c.CloseWait, c.TimeWait, c.FinWait, c.Other, Sanitize(NetNSLabel(s.NetNSNames, uint32(s.NetNS))))
 	}
 	fmt.Fprintf(b, "lost live events: %d\n", s.LostEvents)
 	fmt.Fprintf(b, "address-map overflow: %d", s.AddressOverflow)

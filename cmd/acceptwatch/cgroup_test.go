@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/acceptwatch/acceptwatch/tracer/cgroups"
 )
@@ -81,12 +82,44 @@ func TestCgroupOnEvents(t *testing.T) {
 
 	own := listen(t)
 	p := start(t, "-port", strconv.Itoa(port), "-port", strconv.Itoa(own.port), "-o", "json")
+	// The same accepts as text lines with the CONTAINER column.
+	text := start(t, "-port", strconv.Itoa(port), "-port", strconv.Itoa(own.port), "--container-column")
 	io.WriteString(stdin, "go\n")
 	dial(t, "127.0.0.1", "127.0.0.1", port, n)
 	dial(t, "127.0.0.1", "127.0.0.1", own.port, 2)
 	own.waitAccepted(t, 2)
 	waitServer(t, srv)
 	p.stop(os.Interrupt)
+	text.stop(os.Interrupt)
+	var header string
+	labels := map[int][]string{}
+	for _, l := range strings.Split(text.stdout.String(), "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) > 0 && f[0] == "TIME":
+			header = l
+		case len(f) == 11 && f[1] != "" && header != "":
+			lport, _ := strconv.Atoi(f[5])
+			labels[lport] = append(labels[lport], f[10])
+			// In runes: a wait in µs is wider in bytes.
+			if utf8.RuneCountInString(l[:strings.LastIndex(l, f[10])]) != strings.Index(header, "CONTAINER") {
+				t.Errorf("CONTAINER value not under its header:\n%s\n%s", header, l)
+			}
+		}
+	}
+	if !strings.HasSuffix(header, " CONTAINER") || len(labels[port]) != n || len(labels[own.port]) != 2 {
+		t.Fatalf("text lines: header %q, labels %v; want CONTAINER, %d on %d and 2 on %d\n%s", header, labels, n, port, own.port, text.stdout.String())
+	}
+	for _, l := range labels[port] {
+		if l != "docker:"+cid[:12] {
+			t.Errorf("the server's text line says %q, want docker:%s", l, cid[:12])
+		}
+	}
+	for _, l := range labels[own.port] {
+		if l == "docker:"+cid[:12] || l == "-" {
+			t.Errorf("the test's own text line says %q", l)
+		}
+	}
 
 	type ev struct {
 		Type      string `json:"type"`

@@ -21,6 +21,7 @@ type options struct {
 	pid               uint32
 	netns             string // --netns as given
 	netnsColumn       bool
+	containerColumn   bool
 	cgroup            string // --cgroup as given
 	ipv4, ipv6        bool
 	duration          time.Duration
@@ -105,6 +106,7 @@ func newFlagSet(o *options) *pflag.FlagSet {
 	fs.StringVar(&o.netns, "netns", "", "only this network `namespace`: /proc/PID/ns/net, /run/netns/NAME, NAME or an inode (default every namespace)")
 	fs.StringVar(&o.cgroup, "cgroup", "", "only sockets of servers in this cgroup v2 `directory` and below it: /sys/fs/cgroup/system.slice/nginx.service, or a path below the mount (default every cgroup)")
 	fs.BoolVar(&o.netnsColumn, "netns-column", false, "live lines: the NETNS column from the start (it appears once a second namespace is seen)")
+	fs.BoolVar(&o.containerColumn, "container-column", false, "live lines: the CONTAINER column (the acceptor's container, unit or cgroup, at most 32 characters) from the start (it appears once a second one is seen)")
 	fs.BoolVarP(&o.ipv4, "ipv4", "4", false, "IPv4 only (IPv4 clients of dual-stack listeners included)")
 	fs.BoolVarP(&o.ipv6, "ipv6", "6", false, "IPv6 only")
 	fs.DurationVarP(&o.duration, "duration", "d", 0, "stop after this long, e.g. 30s, 5m (0: until Ctrl-C)")

@@ -220,7 +220,8 @@ func TestNetNS(t *testing.T) {
 		if !strings.Contains(out, "\n127.0.0.2         4 ") || strings.Contains(out, "127.0.0.3") || strings.Contains(out, "NETNS  ") {
 			t.Errorf("summary is not namespace %s's alone:\n%s", b.name, out)
 		}
-		if !strings.Contains(out, fmt.Sprintf("), netns %d\n", b.ino)) {
+		// Labelled as the other rows are: the namespace's /run/netns name.
+		if !strings.Contains(out, "), netns "+b.name+"\n") {
 			t.Errorf("connections now not read in namespace %s (%d):\n%s", b.name, b.ino, out)
 		}
 		// ListenOverflows of b only, and (where drops are attributed) as

@@ -128,7 +128,8 @@ func (o *options) writer(out *bufio.Writer) report.Writer {
 	if o.output == "json" {
 		return report.NewJSON(out)
 	}
-	return report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet, NetNS: o.netnsColumn, NetNSName: netnsLabel})
+	return report.NewText(out, report.TextOptions{Top: o.top, Quiet: o.quiet, NetNS: o.netnsColumn, NetNSName: netnsLabel,
+		Container: o.containerColumn})
 }
 
 // portsLabel names the watched ports: "port 80,443" or "all ports".
@@ -310,6 +311,7 @@ func (l *loop) summary(final bool) (time.Time, error) {
 		CountersNetNS:      l.countersNS(),
 		Cgroup:             l.o.cgroupT.Path,
 	}
+	s.NetNSNames = l.nsNames // countersNS may have looked names up again
 	s.Findings = l.findings(s, &c)
 	l.now.add(&s, l.o)
 	err = l.w.Summary(s)
