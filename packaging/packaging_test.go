@@ -307,6 +307,21 @@ func TestDashboard(t *testing.T) {
 	if n < 15 {
 		t.Errorf("only %d metric names found in the dashboard", n)
 	}
+	// Port and address series are per network namespace: a panel that
+	// grouped them without it would add one namespace's port 80 to
+	// another's.
+	byPort := regexp.MustCompile(`by \(([^)]*)\)`)
+	for _, e := range dashboardExprs(t) {
+		for _, m := range byPort.FindAllStringSubmatch(e, -1) {
+			labels := strings.Split(strings.ReplaceAll(m[1], " ", ""), ",")
+			if (slices.Contains(labels, "port") || slices.Contains(labels, "addr")) && !slices.Contains(labels, "netns") {
+				t.Errorf("dashboard: %q groups by %s without netns", e, m[1])
+			}
+		}
+		if strings.Contains(e, `port=~`) && !strings.Contains(e, `netns=~`) {
+			t.Errorf("dashboard: %q selects ports without the netns variable", e)
+		}
+	}
 	// The alerting rules too (promtool tests them on series of these names).
 	rules, err := os.ReadFile("prometheus/acceptwatch.rules.yml")
 	if err != nil {
@@ -338,7 +353,7 @@ func dashboardExprs(t *testing.T) []string {
 	if err := json.Unmarshal(b, &dash); err != nil {
 		t.Fatal(err)
 	}
-	vars := strings.NewReplacer("$instance", ".*", "$port", ".*", "$job", ".*", "$__rate_interval", "1m")
+	vars := strings.NewReplacer("$instance", ".*", "$port", ".*", "$netns", ".*", "$job", ".*", "$__rate_interval", "1m")
 	var out []string
 	for _, p := range dash.Panels {
 		for _, tg := range p.Targets {
@@ -362,7 +377,7 @@ var (
 // metricNames lists the metric names an expression uses: words outside
 // label matchers and grouping clauses that are not PromQL's own.
 func metricNames(expr string) []string {
-	expr = regexp.MustCompile(`\{[^}]*\}|\[[^\]]*\]|\((instance|port|le|addr|instance, port|port, le|instance, port, le)\)|"[^"]*"`).ReplaceAllString(expr, " ")
+	expr = regexp.MustCompile(`\{[^}]*\}|\[[^\]]*\]|(by|without) \([a-z_, ]*\)|"[^"]*"`).ReplaceAllString(expr, " ")
 	var out []string
 	for _, w := range promqlWords.FindAllString(expr, -1) {
 		if !promqlFuncs[w] {
