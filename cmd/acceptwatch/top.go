@@ -198,7 +198,7 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 	}
 	tot, err := s.live.Read(advance, func(a *tracer.AddrSample) {
 		r := top.Row{
-			Addr: a.Addr(), New: a.NewAccepted, Accepted: a.Accepted, Syns: a.Syns, Handshakes: a.Handshakes,
+			Addr: a.Addr(), NetNS: a.NetNS(), New: a.NewAccepted, Accepted: a.Accepted, Syns: a.Syns, Handshakes: a.Handshakes,
 			NotAccepted: a.NotAccepted, SynackRetrans: a.SynackRetrans, Drops: a.Drops,
 		}
 		if find {
@@ -270,6 +270,7 @@ func (s *topSource) Refresh(q top.Query, advance bool) (*top.Frame, error) {
 		}
 	}
 	f.Ports = s.ports(tot.Listeners)
+	labelRows(f)
 	if find {
 		t0 := time.Now()
 		s.findings = s.l.findings(report.Summary{
@@ -333,6 +334,25 @@ func (s *topSource) offerGroups(nowKnown bool) {
 		w := g.wait.Wait()
 		g.row.WaitP99, g.row.HasWait = w.P99, w.Count > 0
 		s.best.Offer(&g.row)
+	}
+}
+
+// labelRows names each address row's namespace, as port rows are named,
+// when the frame has rows of several: the same client in two containers is
+// two rows, which must not read as one shown twice.
+func labelRows(f *top.Frame) {
+	multi := false
+	for _, p := range f.Ports {
+		multi = multi || p.NetNSLabel != ""
+	}
+	for _, r := range f.Rows {
+		multi = multi || (!f.Grouped && r.NetNS != f.Rows[0].NetNS)
+	}
+	if !multi || f.Grouped {
+		return
+	}
+	for i := range f.Rows {
+		f.Rows[i].NetNSLabel = netnsLabel(f.Rows[i].NetNS)
 	}
 }
 

@@ -12,6 +12,7 @@ package main
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -568,6 +569,28 @@ func TestTopPortRows(t *testing.T) {
 		BacklogMax: 3, BacklogLimit: 4, WaitP99: w.P99, HasWait: true}}
 	if !slices.Equal(got, want) {
 		t.Errorf("port rows\n%+v, want\n%+v", got, want)
+	}
+}
+
+// TestTopAddressRowLabels: address rows name their namespace when the
+// frame has rows of several (by port rows or by the rows themselves), and
+// keep their plain address otherwise.
+func TestTopAddressRowLabels(t *testing.T) {
+	a := netip.MustParseAddr("127.0.0.2")
+	one := &top.Frame{Rows: []top.Row{{Addr: a, NetNS: 7}, {Addr: netip.MustParseAddr("127.0.0.3"), NetNS: 7}}}
+	labelRows(one)
+	if one.Rows[0].Label() != "127.0.0.2" || one.Rows[1].Label() != "127.0.0.3" {
+		t.Errorf("one namespace: %q %q, want the addresses alone", one.Rows[0].Label(), one.Rows[1].Label())
+	}
+	two := &top.Frame{Rows: []top.Row{{Addr: a, NetNS: 7}, {Addr: a, NetNS: 9}}}
+	labelRows(two)
+	if two.Rows[0].Label() == two.Rows[1].Label() || !strings.HasPrefix(two.Rows[1].Label(), "127.0.0.2 ") {
+		t.Errorf("two namespaces: %q and %q, want the address and each one's namespace", two.Rows[0].Label(), two.Rows[1].Label())
+	}
+	byPorts := &top.Frame{Rows: []top.Row{{Addr: a, NetNS: 9}}, Ports: []top.Port{{Port: 80, NetNSLabel: "host"}, {Port: 80, NetNSLabel: "web"}}}
+	labelRows(byPorts)
+	if !strings.HasPrefix(byPorts.Rows[0].Label(), "127.0.0.2 ") {
+		t.Errorf("namespaces in the port rows: %q", byPorts.Rows[0].Label())
 	}
 }
 

@@ -92,6 +92,8 @@ type Port struct {
 // the frame's Interval.
 type Row struct {
 	Addr          netip.Addr   // zero for a prefix row
+	NetNS         uint32       // the address's network namespace (inode)
+	NetNSLabel    string       // shown beside the address when several namespaces have rows; "" otherwise
 	Prefix        netip.Prefix // valid when Frame.Grouped
 	Members       int          // addresses in the prefix
 	New           uint64       // accepts in the frame's Interval (RATE/s = New/Interval)
@@ -111,6 +113,9 @@ type Row struct {
 func (r *Row) Label() string {
 	if r.Prefix.IsValid() {
 		return r.Prefix.String()
+	}
+	if r.NetNSLabel != "" {
+		return r.Addr.String() + " " + report.Sanitize(r.NetNSLabel)
 	}
 	return r.Addr.String()
 }
