@@ -40,17 +40,22 @@ vmtest:
 # The Debian package (packaging/): a static binary, the systemd unit, the man
 # page and completions the binary generates from its own flags, examples.
 # nfpm builds it (packaging/mkdeb, a module of its own). Output in DEB_OUT.
+# DEB_ARCH=arm64 packages an arm64 binary (the man page and completions,
+# the same on every architecture, come from a build for this machine).
 DEB_OUT ?= build
+DEB_ARCH ?= amd64
 DEB_VERSION ?= 0.1.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0)
+DEB_LDFLAGS = -s -w -X main.buildCommit=$$(git describe --always --dirty --abbrev=12 --exclude '*' 2>/dev/null)
 deb:
-	@mkdir -p $(DEB_OUT)/deb
-	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.buildCommit=$$(git describe --always --dirty --abbrev=12 --exclude '*' 2>/dev/null)" -o $(DEB_OUT)/deb/acceptwatch ./cmd/acceptwatch
-	$(DEB_OUT)/deb/acceptwatch --man | gzip -9n > $(DEB_OUT)/deb/acceptwatch.8.gz
-	$(DEB_OUT)/deb/acceptwatch --completion bash > $(DEB_OUT)/deb/acceptwatch.bash
-	$(DEB_OUT)/deb/acceptwatch --completion zsh > $(DEB_OUT)/deb/_acceptwatch
-	cd packaging/mkdeb && go run . -version '$(DEB_VERSION)' -binary $(abspath $(DEB_OUT))/deb/acceptwatch \
-		-generated $(abspath $(DEB_OUT))/deb -packaging .. -o $(abspath $(DEB_OUT))/acceptwatch_$(DEB_VERSION)_amd64.deb
-	@echo $(DEB_OUT)/acceptwatch_$(DEB_VERSION)_amd64.deb
+	@mkdir -p $(DEB_OUT)/deb/$(DEB_ARCH)
+	CGO_ENABLED=0 GOARCH=$(DEB_ARCH) go build -trimpath -ldflags="$(DEB_LDFLAGS)" -o $(DEB_OUT)/deb/$(DEB_ARCH)/acceptwatch ./cmd/acceptwatch
+	CGO_ENABLED=0 go build -trimpath -ldflags="$(DEB_LDFLAGS)" -o $(DEB_OUT)/deb/acceptwatch-docs ./cmd/acceptwatch
+	$(DEB_OUT)/deb/acceptwatch-docs --man | gzip -9n > $(DEB_OUT)/deb/acceptwatch.8.gz
+	$(DEB_OUT)/deb/acceptwatch-docs --completion bash > $(DEB_OUT)/deb/acceptwatch.bash
+	$(DEB_OUT)/deb/acceptwatch-docs --completion zsh > $(DEB_OUT)/deb/_acceptwatch
+	cd packaging/mkdeb && go run . -version '$(DEB_VERSION)' -arch $(DEB_ARCH) -binary $(abspath $(DEB_OUT))/deb/$(DEB_ARCH)/acceptwatch \
+		-generated $(abspath $(DEB_OUT))/deb -packaging .. -o $(abspath $(DEB_OUT))/acceptwatch_$(DEB_VERSION)_$(DEB_ARCH).deb
+	@echo $(DEB_OUT)/acceptwatch_$(DEB_VERSION)_$(DEB_ARCH).deb
 
 # Benchmark (cmd/acceptbench, needs root): start-up, added CPU per connection
 # against nothing traced and a bpftrace script (also inside QEMU for the fexit

@@ -2,6 +2,7 @@ package packaging
 
 import (
 	"bufio"
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -44,14 +45,7 @@ func TestDeb(t *testing.T) {
 	if !strings.Contains(info, "Package: acceptwatch") || !strings.Contains(info, "Architecture: amd64") {
 		t.Errorf("control fields:\n%s", info)
 	}
-	contents := run(t, "", "dpkg-deb", "--contents", debPath)
-	for _, f := range []string{"./usr/bin/acceptwatch", "./lib/systemd/system/acceptwatch.service", "./etc/default/acceptwatch",
-		"./usr/share/man/man8/acceptwatch.8.gz", "./usr/share/bash-completion/completions/acceptwatch", "./usr/share/zsh/vendor-completions/_acceptwatch",
-		"./usr/share/doc/acceptwatch/examples/acceptwatch.rules.yml", "./usr/share/doc/acceptwatch/examples/grafana-dashboard.json"} {
-		if !strings.Contains(contents, " "+f+"\n") {
-			t.Errorf("the package lacks %s", f)
-		}
-	}
+	checkDebFiles(t, debPath)
 
 	// A root with systemd's own units (as a Debian system has), and a dpkg
 	// database of its own.
@@ -98,6 +92,51 @@ func TestDeb(t *testing.T) {
 		"etc/systemd/system/multi-user.target.wants/acceptwatch.service"} {
 		if _, err := os.Lstat(filepath.Join(root, f)); err == nil {
 			t.Errorf("purge left %s", f)
+		}
+	}
+}
+
+// checkDebFiles: the package holds the binary, the unit, its defaults, the
+// man page, the completions and the examples.
+func checkDebFiles(t *testing.T, debPath string) {
+	t.Helper()
+	contents := run(t, "", "dpkg-deb", "--contents", debPath)
+	for _, f := range []string{"./usr/bin/acceptwatch", "./lib/systemd/system/acceptwatch.service", "./etc/default/acceptwatch",
+		"./usr/share/man/man8/acceptwatch.8.gz", "./usr/share/bash-completion/completions/acceptwatch", "./usr/share/zsh/vendor-completions/_acceptwatch",
+		"./usr/share/doc/acceptwatch/examples/acceptwatch.rules.yml", "./usr/share/doc/acceptwatch/examples/grafana-dashboard.json"} {
+		if !strings.Contains(contents, " "+f+"\n") {
+			t.Errorf("%s lacks %s", debPath, f)
+		}
+	}
+}
+
+// TestDebArm64: `make deb DEB_ARCH=arm64` packages an arm64 binary (its
+// ELF machine AArch64, static) with the same files and an arm64
+// Architecture field, and the files TestDeb checks and installs.
+func TestDebArm64(t *testing.T) {
+	requireTool(t, "dpkg")
+	out := t.TempDir()
+	debPath := strings.TrimSpace(lastLine(run(t, repoRoot(t), "make", "-s", "deb", "DEB_ARCH=arm64", "DEB_OUT="+out)))
+	if !strings.HasSuffix(debPath, "_arm64.deb") {
+		t.Errorf("package named %s", debPath)
+	}
+	if info := run(t, "", "dpkg-deb", "--field", debPath, "Architecture"); strings.TrimSpace(info) != "arm64" {
+		t.Errorf("Architecture: %q, want arm64", info)
+	}
+	checkDebFiles(t, debPath)
+	root := t.TempDir()
+	run(t, "", "dpkg-deb", "-x", debPath, root)
+	f, err := elf.Open(filepath.Join(root, "usr/bin/acceptwatch"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Machine != elf.EM_AARCH64 || f.Class != elf.ELFCLASS64 {
+		t.Errorf("the packaged binary is %v %v, want an arm64 one", f.Machine, f.Class)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Errorf("the packaged binary is not static (it names an interpreter)")
 		}
 	}
 }

@@ -27,6 +27,7 @@ func run() error {
 	gen := flag.String("generated", "", "directory holding acceptwatch.8.gz, acceptwatch.bash, _acceptwatch (zsh)")
 	src := flag.String("packaging", ".", "the packaging/ directory")
 	out := flag.String("o", "", "output .deb")
+	arch := flag.String("arch", "amd64", "Debian architecture of the binary: amd64 or arm64")
 	flag.Parse()
 	if *version == "" || *bin == "" || *gen == "" || *out == "" {
 		return fmt.Errorf("-version, -binary, -generated and -o are required")
@@ -48,7 +49,7 @@ func run() error {
 	}
 	info := nfpm.WithDefaults(&nfpm.Info{
 		Name:        "acceptwatch",
-		Arch:        "amd64",
+		Arch:        *arch,
 		Platform:    "linux",
 		Version:     *version,
 		Section:     "net",
